@@ -84,13 +84,13 @@ const char *dsw_log_level_name(enum dsw_log_level level)
 
 /* ---- scrubbing -------------------------------------------------------------------------- */
 
-static const char *const secret_words[] = {"password", "passwd", "secret", "token",
+static const char *const secret_words[] = {"password",      "passwd",     "secret",   "token",
                                            "authorization", "credential", "signature"};
 
 static int is_value_end(char c)
 {
-    return c == '\0' || isspace((unsigned char)c) || c == '&' || c == ';' || c == ',' ||
-           c == '"' || c == '\'' || c == '}' || c == ')';
+    return c == '\0' || isspace((unsigned char)c) || c == '&' || c == ';' || c == ',' || c == '"' ||
+           c == '\'' || c == '}' || c == ')';
 }
 
 /* After a secret word, skip to its "=", ":" or " " separator and mask the value. */
@@ -162,7 +162,8 @@ static void scrub_uri_passwords(char *s)
 static void scrub_aws_keys(char *s)
 {
     for (char *p = s; *p; p++) {
-        if ((strncmp(p, "AKIA", 4) && strncmp(p, "ASIA", 4)) || (p > s && isalnum((unsigned char)p[-1])))
+        if ((strncmp(p, "AKIA", 4) && strncmp(p, "ASIA", 4)) ||
+            (p > s && isalnum((unsigned char)p[-1])))
             continue;
         int n = 0;
         while (n < 16 && (isupper((unsigned char)p[4 + n]) || isdigit((unsigned char)p[4 + n])))

@@ -12,13 +12,13 @@ enum dsw_log_format { DSW_LOG_TEXT, DSW_LOG_JSON };
 
 /* Optional structured context for a record; any member may be NULL / unset. */
 struct dsw_log_ctx {
-    const char *event;      /* short machine name: "claim", "child_exit", ... */
+    const char *event; /* short machine name: "claim", "child_exit", ... */
     const char *run_id;
     const char *message_id;
-    const char *err;        /* error text from a library (already free of secrets) */
+    const char *err; /* error text from a library (already free of secrets) */
     int has_exit_code;
     int exit_code;
-    long long duration_ms;  /* < 0: none */
+    long long duration_ms; /* < 0: none */
 };
 
 #define DSW_LOG_LINE_MAX 8192
