@@ -1,0 +1,137 @@
+/* proc: spawn and supervise one child process (one Dagster run worker). The child leads its own
+ * session and process group, is started through a PR_SET_PDEATHSIG trampoline (a re-exec of our
+ * own binary), gets only the environment it is given, and has its stdout/stderr read line by line
+ * under a per-line and per-second cap. Timeouts and terminate() signal the whole group: SIGTERM,
+ * then SIGKILL after a grace period. Everything runs on the caller's libuv loop; no SIGCHLD
+ * handler of our own (libuv reaps). */
+#ifndef DSW_PROC_H
+#define DSW_PROC_H
+
+#include "dsw/util.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* argv[1] of the hidden trampoline form: `<self> __exec-child <parent-pid> <argv...>`. */
+#define DSW_PROC_TRAMPOLINE_ARG "__exec-child"
+/* Trampoline used when dsw_proc_opts.trampoline is NULL: our own binary, even if the file on
+ * disk was replaced since we started. */
+#define DSW_PROC_TRAMPOLINE_SELF "/proc/self/exe"
+
+#define DSW_PROC_DEFAULT_LINE_MAX      4096
+#define DSW_PROC_DEFAULT_LINES_PER_SEC 1000
+#define DSW_PROC_DEFAULT_DRAIN_MS      2000
+
+struct dsw_proc;
+
+enum dsw_proc_stream { DSW_PROC_STDOUT = 1, DSW_PROC_STDERR = 2 };
+
+/* Why we signalled the child (the first reason wins). */
+enum dsw_proc_reason {
+    DSW_PROC_NOT_KILLED = 0,
+    DSW_PROC_TIMEOUT,   /* opts.timeout_ms expired */
+    DSW_PROC_TERMINATE, /* dsw_proc_terminate() (cancel, drain, lost lease...) */
+    DSW_PROC_CLOSED,    /* dsw_proc_close() while the child was running */
+};
+
+/* What the exit callback reports. */
+struct dsw_proc_exit {
+    int pid;
+    int exit_code;               /* exit status, or -1 when a signal ended the child */
+    int term_signal;             /* signal that ended the child, or 0 */
+    enum dsw_proc_reason killed; /* DSW_PROC_NOT_KILLED unless we signalled the group */
+    int sigkilled;               /* we escalated to SIGKILL */
+    uint64_t duration_ms;        /* spawn to exit (pipe draining not included) */
+    uint64_t lines;              /* lines read on both streams, delivered or not */
+    uint64_t lines_dropped;      /* over the per-second budget */
+    uint64_t lines_truncated;    /* longer than line_max */
+};
+
+/* One line of output without its "\n" (nor a trailing "\r"), NUL-terminated at line[len]; valid
+ * only during the call. truncated: the line was longer than line_max and this is its head (the
+ * rest was discarded); the consumer should mark it, e.g. with " [truncated]". */
+typedef void (*dsw_proc_line_cb)(struct dsw_proc *p, enum dsw_proc_stream stream, const char *line,
+                                 size_t len, int truncated, void *arg);
+/* n lines were dropped over the budget since the last report. Fires at most once a second while
+ * the child floods, and once more just before the exit callback. */
+typedef void (*dsw_proc_drop_cb)(struct dsw_proc *p, uint64_t n, void *arg);
+/* The child exited and both pipes are drained (every line was delivered first). Fires exactly
+ * once per successful spawn; st is valid only during the call. dsw_proc_close may be called
+ * from here. */
+typedef void (*dsw_proc_exit_cb)(struct dsw_proc *p, const struct dsw_proc_exit *st, void *arg);
+/* Every handle is closed and the object freed; p must not be used any more. */
+typedef void (*dsw_proc_close_cb)(void *arg);
+
+struct dsw_proc_opts {
+    /* Program and arguments, NULL-terminated; argv[0] is searched in the child's PATH
+     * (execvp). */
+    const char *const *argv;
+    /* Complete environment of the child ("NAME=value", NULL-terminated; see
+     * dsw_proc_env_build). NULL means an empty environment, never our own. */
+    const char *const *env;
+    const char *cwd; /* working directory, or NULL to keep ours */
+    /* Executable that understands DSW_PROC_TRAMPOLINE_ARG (the daemon itself); NULL means
+     * DSW_PROC_TRAMPOLINE_SELF. */
+    const char *trampoline;
+    /* Exec argv directly without the trampoline (no PDEATHSIG): for tools and tests only. */
+    int direct;
+    uint64_t timeout_ms;    /* 0: no timeout; else DSW_PROC_TIMEOUT escalation after this */
+    uint64_t kill_grace_ms; /* SIGTERM to SIGKILL delay; 0: SIGKILL at once */
+    size_t line_max;        /* 0: DSW_PROC_DEFAULT_LINE_MAX */
+    unsigned lines_per_sec; /* budget for both streams together; 0: default */
+    /* After the child exits, how long to wait for the pipes to reach EOF (a process that
+     * escaped the group may hold them) before closing them; 0: DSW_PROC_DEFAULT_DRAIN_MS. */
+    uint64_t drain_ms;
+    dsw_proc_line_cb on_line; /* may be NULL: lines are counted and discarded */
+    dsw_proc_drop_cb on_drop; /* may be NULL: a warning is logged instead */
+    dsw_proc_exit_cb on_exit; /* may be NULL */
+    void *arg;                /* passed to every callback */
+};
+
+/* Spawn opts->argv in a new session/process group (pgid == pid) with stdin on /dev/null and
+ * stdout/stderr on pipes, on loop. opts and its strings are only read during the call. On success
+ * *out is a live object that the caller must eventually pass to dsw_proc_close (after or before the
+ * exit callback). Errors: -EINVAL (no argv), or uv_spawn's (-ENOENT, -EACCES... for the
+ * trampoline); *out is then NULL, no callback fires, and the internal handles are freed on a later
+ * loop turn. A command that cannot be executed is reported by the exit callback as exit code 127
+ * (126 when not executable), with the reason on stderr. */
+int dsw_proc_spawn(uv_loop_t *loop, const struct dsw_proc_opts *opts,
+                   struct dsw_proc **out) DSW_WUR;
+
+/* Pid of the child, which is also its process group id. */
+int dsw_proc_pid(const struct dsw_proc *p);
+
+/* Nonzero once the exit callback has fired. */
+int dsw_proc_exited(const struct dsw_proc *p);
+
+/* SIGTERM to the child's group now, SIGKILL to the group after opts.kill_grace_ms (at once when
+ * it is 0). reason is reported by the exit callback unless an earlier reason was recorded.
+ * Idempotent: a second call never restarts the grace period. No-op after the child exited. */
+void dsw_proc_terminate(struct dsw_proc *p, enum dsw_proc_reason reason);
+
+/* Release p. If the child still runs, SIGKILL its group (reason DSW_PROC_CLOSED); the exit
+ * callback still fires (once) before cb. Then every handle is closed and p is freed; cb (may be
+ * NULL) fires from the loop afterwards. Call exactly once; safe from any proc callback. */
+void dsw_proc_close(struct dsw_proc *p, dsw_proc_close_cb cb, void *arg);
+
+/* The default runs.env_passthrough list: PATH HOME LANG LC_* TZ DAGSTER_* PYTHON*, NULL-ended. */
+extern const char *const dsw_proc_env_default_allow[];
+
+/* Build a child environment: the entries of base ("NAME=value", NULL-terminated, e.g. environ;
+ * may be NULL) whose NAME matches a pattern of allow (exact names, or a prefix ending in '*';
+ * NULL means dsw_proc_env_default_allow), then the assignments of set (NULL-terminated, may be
+ * NULL), which replace entries with the same name (the last one wins). Base entries without '='
+ * are skipped. *out is a new NULL-terminated array (free with dsw_proc_env_free). Errors:
+ * -EINVAL when an assignment has no '=' or an empty name (*out is then NULL). */
+int dsw_proc_env_build(const char *const *base, const char *const *allow, const char *const *set,
+                       char ***out) DSW_WUR;
+void dsw_proc_env_free(char **env);
+
+/* Body of the hidden trampoline: argv = {self, DSW_PROC_TRAMPOLINE_ARG, parent-pid, cmd...}.
+ * Sets PR_SET_PDEATHSIG(SIGKILL), exits 127 if the parent is already gone, then execvp(cmd).
+ * Returns only on failure (127 not found / bad usage, 126 other exec errors); main() returns
+ * that value. Must run before any other initialisation of the program. */
+int dsw_proc_trampoline_main(int argc, char **argv);
+
+#endif
