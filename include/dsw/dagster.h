@@ -18,12 +18,14 @@ struct dsw_kv {
  * EngineEventData with the given text metadata entries, in the given order. pid < 0 writes
  * null. timestamp is unix seconds and is always written as a JSON float. */
 char *dsw_dagster_engine_event(const char *run_id, const char *job_name, const char *message,
-                               const struct dsw_kv *meta, size_t nmeta, int pid,
-                               double timestamp);
+                               const struct dsw_kv *meta, size_t nmeta, int pid, double timestamp);
 
 /* An EventLogEntry JSON for a run-level event written from outside the run, e.g.
- * "PIPELINE_FAILURE" (level 40) or "PIPELINE_CANCELED" (level 20), "PIPELINE_STARTING" (20),
- * with event_specific_data null, like Dagster's own report_run_failed. */
+ * "PIPELINE_FAILURE" (level 40) or "PIPELINE_CANCELED" (level 40, as Dagster's
+ * report_run_canceled logs it), "PIPELINE_STARTING" (20; any other type is 20),
+ * with event_specific_data null, like Dagster's own report_run_failed. message NULL writes null
+ * (Dagster's PIPELINE_STARTING). pid < 0 writes null. The two event writers return NULL only
+ * when a string is not valid UTF-8 or timestamp is not finite. */
 char *dsw_dagster_run_event(const char *run_id, const char *job_name, const char *event_type,
                             const char *message, int pid, double timestamp);
 
@@ -36,8 +38,8 @@ int dsw_dagster_body_set_status(const char *run_body, const char *status, char *
  * (*origin), its repository_origin.entry_point as a NULL-terminated argv (*entry_point, may be
  * NULL when absent; free each string and the array), and executable_path (*exe, may be NULL).
  * Any out pointer may be NULL. Returns 0 or -EINVAL. */
-int dsw_dagster_body_origin(const char *run_body, char **origin, char ***entry_point, char **exe)
-    DSW_WUR;
+int dsw_dagster_body_origin(const char *run_body, char **origin, char ***entry_point,
+                            char **exe) DSW_WUR;
 
 /* The value of tag key in run_body's "tags" object (*out, NULL when absent). 0 or -EINVAL. */
 int dsw_dagster_body_tag(const char *run_body, const char *key, char **out) DSW_WUR;
@@ -46,7 +48,55 @@ int dsw_dagster_body_tag(const char *run_body, const char *key, char **out) DSW_
  * {"__class__": ..., "instance_ref": <instance_ref_json or null>, "pipeline_origin": <origin>,
  * "pipeline_run_id": <run_id>, "set_exit_code_on_failure": true} in Dagster's form.
  * instance_ref_json may be NULL (writes null). Returns 0 or -EINVAL. */
-int dsw_dagster_run_args(const char *run_id, const char *origin_json,
-                         const char *instance_ref_json, int resume, char **out) DSW_WUR;
+int dsw_dagster_run_args(const char *run_id, const char *origin_json, const char *instance_ref_json,
+                         int resume, char **out) DSW_WUR;
+
+/* ---- additions: the general event writer and the number/time forms behind it ---- */
+
+/* Everything one EventLogEntry / DagsterEvent says, for writers that need more than the two
+ * helpers above (the test double of the run worker writes events from inside the run). */
+struct dsw_dagster_event {
+    const char *run_id;
+    const char *job_name;
+    const char *event_type;   /* "PIPELINE_START", ...; NULL: a plain log record (no
+                                 dagster_event), like a user's context.log line */
+    const char *message;      /* DagsterEvent.message; NULL writes null */
+    const char *user_message; /* EventLogEntry.user_message; NULL writes "" */
+    int level;                /* 10 debug, 20 info, 40 error */
+    int pid;                  /* DagsterEvent.pid; < 0 writes null */
+    const char *step_key;     /* NULL: run-level. Else a step event as DagsterEvent.from_step
+                                 writes it: logging_tags, solid/step handles, kind COMPUTE */
+    const char *specific;     /* event_specific_data as JSON text (e.g. from
+                                 dsw_dagster_engine_data); NULL writes null */
+    double timestamp;         /* unix seconds, written as a JSON float */
+};
+
+/* The EventLogEntry JSON for ev (caller frees), or NULL when ev->specific is not JSON, a string
+ * is not valid UTF-8 or the timestamp is not finite. */
+char *dsw_dagster_event_entry(const struct dsw_dagster_event *ev);
+
+/* The DagsterEvent JSON alone, the line `dagster api execute_run` prints on stdout for each
+ * event (caller frees); NULL as above or when ev->event_type is NULL. */
+char *dsw_dagster_event_line(const struct dsw_dagster_event *ev);
+
+/* EngineEventData JSON with the given text metadata entries (caller frees), for
+ * dsw_dagster_event.specific; NULL when a string is not valid UTF-8. */
+char *dsw_dagster_engine_data(const struct dsw_kv *meta, size_t nmeta);
+
+/* v as Python's repr(float) writes it (shortest round-trip digits, "1.0", "1e+16", "-0.0"),
+ * which is what json.dumps writes for a float. 0, or -EINVAL for NaN / infinity (Python would
+ * write invalid JSON). out holds at least 32 bytes. */
+int dsw_dagster_float_repr(double v, char out[32]) DSW_WUR;
+
+/* Unix seconds as the naive UTC timestamp Dagster stores (datetime.utcfromtimestamp: the
+ * microsecond rounded half-even), "YYYY-MM-DDTHH:MM:SS.ffffff", for event_logs.timestamp and
+ * runs.update_timestamp. 0, or -EINVAL when ts is not finite or out of range. */
+int dsw_dagster_naive_utc(double ts, char out[32]) DSW_WUR;
+
+/* Text v re-serialized in Dagster's form (members in their stored order, Python's escapes and
+ * float repr); sort non-zero also sorts every object's keys. Parsed with JSON_ALLOW_NUL and
+ * JSON_REJECT_DUPLICATES. 0 and *out (caller frees), or -EINVAL when it is not JSON (or holds
+ * an integer beyond 64 bits, which jansson cannot read). */
+int dsw_dagster_json_normalize(const char *json, int sort, char **out) DSW_WUR;
 
 #endif
