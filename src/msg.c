@@ -257,7 +257,7 @@ static int take_run_id(struct ctx *c, json_t *args)
     int strict = c->opts->strict_run_id;
 
     if (!v || json_is_null(v))
-        return reject(c, DSW_MSG_BAD_RUN_ID, "pipeline_run_id missing");
+        return reject(c, DSW_MSG_BAD_RUN_ID, "pipeline_run_id missing or null");
     if (!s)
         return reject(c, DSW_MSG_BAD_RUN_ID, "pipeline_run_id is not a string");
     if (!run_id_valid_n(s, n, strict))
