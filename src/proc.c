@@ -7,6 +7,7 @@
 #include "dsw/log.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,6 @@ enum phase { PH_RUN, PH_GRACE, PH_DRAIN };
 
 struct stream {
     uv_pipe_t pipe;
-    struct dsw_proc *p;
     enum dsw_proc_stream id;
     char *line; /* line_max + 1 bytes */
     size_t len;
@@ -201,16 +201,16 @@ static void stream_finish(struct dsw_proc *p, struct stream *s)
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    struct stream *s = h->data;
+    struct dsw_proc *p = h->data;
     /* One buffer serves both pipes: libuv calls alloc, read() and the read callback in a row. */
-    buf->base = s->p->rbuf;
+    buf->base = p->rbuf;
     buf->len = RBUF_SIZE;
 }
 
 static void on_read(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
 {
-    struct stream *s = h->data;
-    struct dsw_proc *p = s->p;
+    struct stream *s = (struct stream *)((char *)h - offsetof(struct stream, pipe));
+    struct dsw_proc *p = h->data;
     if (nread > 0) {
         feed(p, s, buf->base, (size_t)nread);
         return;
@@ -315,11 +315,10 @@ int dsw_proc_exited(const struct dsw_proc *p)
 
 static void stream_init(struct dsw_proc *p, struct stream *s, enum dsw_proc_stream id)
 {
-    s->p = p;
     s->id = id;
     s->line = dsw_xmalloc(p->line_max + 1);
     uv_pipe_init(p->loop, &s->pipe, 0);
-    s->pipe.data = s;
+    s->pipe.data = p; /* every handle's data is p (see on_handle_closed) */
 }
 
 static struct dsw_proc *proc_new(uv_loop_t *loop, const struct dsw_proc_opts *o)

@@ -1,0 +1,711 @@
+/* proc: exit reports, signals, group kill escalation, output line/rate caps, PDEATHSIG through
+ * the trampoline, the environment filter. The test binary doubles as the child (`--child MODE`)
+ * and as the trampoline (`__exec-child`), as libuv's own tests do; no shell anywhere. */
+#include "testutil.h"
+
+#include "dsw/buf.h"
+#include "dsw/proc.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char self[PATH_MAX];
+
+/* ---- the child side ---- */
+
+static void idle(void)
+{
+    alarm(30); /* a safety net: no test leaves a process behind for long */
+    for (;;)
+        pause();
+}
+
+static int child_flood(long n)
+{
+    static char buf[1 << 16];
+    setvbuf(stdout, buf, _IOFBF, sizeof(buf));
+    for (long i = 0; i < n; i++)
+        printf("flood %ld ......................................................................"
+               "..................\n",
+               i);
+    return 0;
+}
+
+static int child_long(void)
+{
+    static char x[1 << 20];
+    memset(x, 'x', sizeof(x));
+    fwrite(x, 1, sizeof(x), stdout);
+    printf("\nafter\n");
+    fwrite(x, 1, 100, stdout); /* exactly line_max: not truncated */
+    printf("\n");
+    fwrite(x, 1, 101, stdout);
+    printf("\nend\n");
+    return 0;
+}
+
+static int child_stubborn(void)
+{
+    signal(SIGTERM, SIG_IGN);
+    pid_t g = fork();
+    if (g == 0)
+        idle(); /* inherits SIG_IGN */
+    printf("ready %ld\n", (long)g);
+    fflush(stdout);
+    idle();
+    return 0;
+}
+
+static int child_escape(void)
+{
+    int fds[2];
+    char c;
+    if (pipe(fds) != 0)
+        return 98;
+    pid_t g = fork();
+    if (g == 0) {
+        setsid(); /* leaves the group but keeps our stdout */
+        if (write(fds[1], "x", 1) != 1)
+            _exit(1);
+        idle();
+    }
+    if (read(fds[0], &c, 1) != 1)
+        return 98;
+    printf("escaped %ld\n", (long)g);
+    return 0;
+}
+
+static int child_main(int argc, char **argv)
+{
+    const char *mode = argv[0];
+    if (!strcmp(mode, "exit"))
+        return atoi(argv[1]);
+    if (!strcmp(mode, "sigkill"))
+        raise(SIGKILL);
+    if (!strcmp(mode, "sleep"))
+        idle();
+    if (!strcmp(mode, "hello")) {
+        printf("hello\n");
+        fflush(stdout);
+        idle();
+    }
+    if (!strcmp(mode, "echo")) {
+        printf("out1\ncrlf\r\n\nout2 no newline");
+        fflush(stdout);
+        fprintf(stderr, "err1\n");
+        return 0;
+    }
+    if (!strcmp(mode, "env")) {
+        extern char **environ;
+        for (char **e = environ; *e; e++)
+            printf("%s\n", *e);
+        return 0;
+    }
+    if (!strcmp(mode, "ids")) {
+        char cwd[PATH_MAX];
+        printf("%ld %ld %ld %s\n", (long)getpid(), (long)getpgrp(), (long)getsid(0),
+               getcwd(cwd, sizeof(cwd)) ? cwd : "?");
+        return 0;
+    }
+    if (!strcmp(mode, "flood"))
+        return child_flood(atol(argv[1]));
+    if (!strcmp(mode, "long"))
+        return child_long();
+    if (!strcmp(mode, "stubborn"))
+        return child_stubborn();
+    if (!strcmp(mode, "escape"))
+        return child_escape();
+    return 99;
+}
+
+/* ---- the parent side ---- */
+
+struct run {
+    struct dsw_proc *p;
+    struct dsw_proc_exit st;
+    int exits, closed, close_in_exit;
+    uint64_t lines_at_exit, delivered, drops;
+    struct dsw_buf out; /* "O:line" / "E:line" / "T:line" (truncated) */
+    long ready;         /* number after "ready "/"escaped " */
+};
+
+static void on_line(struct dsw_proc *p, enum dsw_proc_stream s, const char *line, size_t len,
+                    int truncated, void *arg)
+{
+    struct run *r = arg;
+    assert_int_equal(r->exits, 0);
+    assert_int_equal(strlen(line), len);
+    r->delivered++;
+    if (!strncmp(line, "ready ", 6))
+        r->ready = atol(line + 6);
+    if (!strncmp(line, "escaped ", 8))
+        r->ready = atol(line + 8);
+    if (r->delivered > 1000)
+        return;
+    char tag = truncated ? 'T' : s == DSW_PROC_STDOUT ? 'O' : 'E';
+    assert_int_equal(dsw_buf_printf(&r->out, "%c:%s\n", tag, line), 0);
+}
+
+static void on_drop(struct dsw_proc *p, uint64_t n, void *arg)
+{
+    struct run *r = arg;
+    assert_int_equal(r->exits, 0);
+    assert_true(n > 0);
+    r->drops += n;
+}
+
+static void on_closed(void *arg)
+{
+    struct run *r = arg;
+    assert_int_equal(r->exits, 1); /* the report always comes first */
+    r->closed++;
+}
+
+static void on_exit_cb(struct dsw_proc *p, const struct dsw_proc_exit *st, void *arg)
+{
+    struct run *r = arg;
+    assert_ptr_equal(p, r->p);
+    assert_true(dsw_proc_exited(p));
+    r->exits++;
+    r->st = *st;
+    r->lines_at_exit = r->delivered;
+    if (r->close_in_exit)
+        dsw_proc_close(p, on_closed, r);
+}
+
+static int is_closed(void *arg)
+{
+    return ((struct run *)arg)->closed;
+}
+
+static int has_ready(void *arg)
+{
+    return ((struct run *)arg)->ready != 0;
+}
+
+static void run_init(struct run *r, struct dsw_proc_opts *o, const char *const *argv)
+{
+    memset(r, 0, sizeof(*r));
+    dsw_buf_init(&r->out, 1 << 20);
+    r->close_in_exit = 1;
+    memset(o, 0, sizeof(*o));
+    o->argv = argv;
+    o->trampoline = self;
+    o->on_line = on_line;
+    o->on_drop = on_drop;
+    o->on_exit = on_exit_cb;
+    o->arg = r;
+}
+
+/* Spawn, wait for the report and the close callback, close the loop. */
+static void run_all(uv_loop_t *loop, struct run *r, const struct dsw_proc_opts *o)
+{
+    assert_int_equal(dsw_proc_spawn(loop, o, &r->p), 0);
+    assert_true(dsw_proc_pid(r->p) > 0);
+    assert_true(tu_run_until(loop, is_closed, r, 20000));
+    assert_int_equal(r->exits, 1);
+    assert_int_equal(r->closed, 1);
+    assert_int_equal(r->st.pid > 0, 1);
+    tu_loop_close(loop);
+}
+
+static void run_free(struct run *r)
+{
+    dsw_buf_free(&r->out);
+}
+
+/* Reap a process that was reparented to us (we are a subreaper); return its wait status. */
+static int reap_within(pid_t pid, int ms)
+{
+    int st = 0;
+    for (int i = 0; i < ms / 10; i++) {
+        pid_t w = waitpid(pid, &st, WNOHANG);
+        if (w == pid)
+            return st;
+        if (w < 0 && errno == ECHILD && kill(pid, 0) != 0 && errno == ESRCH)
+            return -1; /* gone, reaped by someone else */
+        usleep(10000);
+    }
+    fail_msg("process %ld still alive after %d ms", (long)pid, ms);
+    return 0;
+}
+
+static void test_exit_codes(void **state)
+{
+    static const char *codes[] = {"0", "1", "3"};
+    for (size_t i = 0; i < DSW_ARRAY_LEN(codes); i++) {
+        uv_loop_t loop;
+        struct run r;
+        struct dsw_proc_opts o;
+        const char *argv[] = {self, "--child", "exit", codes[i], NULL};
+        assert_int_equal(uv_loop_init(&loop), 0);
+        run_init(&r, &o, argv);
+        run_all(&loop, &r, &o);
+        assert_int_equal(r.st.exit_code, atoi(codes[i]));
+        assert_int_equal(r.st.term_signal, 0);
+        assert_int_equal(r.st.killed, DSW_PROC_NOT_KILLED);
+        assert_int_equal(r.st.sigkilled, 0);
+        assert_true(r.st.duration_ms < 20000);
+        run_free(&r);
+    }
+}
+
+static void test_killed_by_signal(void **state)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "sigkill", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    run_all(&loop, &r, &o);
+    assert_int_equal(r.st.term_signal, SIGKILL);
+    assert_int_equal(r.st.exit_code, -1);
+    assert_int_equal(r.st.killed, DSW_PROC_NOT_KILLED);
+    run_free(&r);
+}
+
+static void test_lines_before_exit(void **state)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "echo", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    run_all(&loop, &r, &o);
+    assert_int_equal(r.st.exit_code, 0);
+    assert_int_equal(r.lines_at_exit, 5);
+    assert_int_equal(r.st.lines, 5);
+    const char *s = dsw_buf_str(&r.out);
+    assert_non_null(strstr(s, "O:out1\nO:crlf\nO:\n"));
+    assert_non_null(strstr(s, "O:out2 no newline\n"));
+    assert_non_null(strstr(s, "E:err1\n"));
+    run_free(&r);
+}
+
+static void test_long_lines(void **state)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "long", NULL};
+    char x100[101], expect[512];
+    memset(x100, 'x', 100);
+    x100[100] = '\0';
+    snprintf(expect, sizeof(expect), "T:%s\nO:after\nO:%s\nT:%s\nO:end\n", x100, x100, x100);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    o.line_max = 100;
+    run_all(&loop, &r, &o);
+    assert_string_equal(dsw_buf_str(&r.out), expect);
+    assert_int_equal(r.st.lines_truncated, 2);
+    assert_int_equal(r.st.lines, 5);
+    run_free(&r);
+}
+
+static long rss_kib(void)
+{
+    long pages = 0, res = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    assert_non_null(f);
+    assert_int_equal(fscanf(f, "%ld %ld", &pages, &res), 2);
+    fclose(f);
+    return res * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+struct ticker {
+    uint64_t last_ns, max_gap_ns, ticks;
+};
+
+static void on_tick(uv_timer_t *t)
+{
+    struct ticker *k = t->data;
+    uint64_t now = uv_hrtime();
+    if (now - k->last_ns > k->max_gap_ns)
+        k->max_gap_ns = now - k->last_ns;
+    k->last_ns = now;
+    k->ticks++;
+}
+
+static void test_flood(void **state)
+{
+    uv_loop_t loop;
+    uv_timer_t tick;
+    struct ticker k = {0};
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "flood", "200000", NULL};
+    long rss0 = rss_kib();
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    o.lines_per_sec = 100;
+    uv_timer_init(&loop, &tick);
+    tick.data = &k;
+    k.last_ns = uv_hrtime();
+    uv_timer_start(&tick, on_tick, 10, 10);
+    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
+    assert_true(tu_run_until(&loop, is_closed, &r, 60000));
+    uv_close((uv_handle_t *)&tick, NULL);
+    tu_loop_close(&loop);
+    long grown = rss_kib() - rss0;
+    assert_int_equal(r.st.exit_code, 0);
+    assert_int_equal(r.st.lines, 200000);
+    assert_int_equal(r.st.lines_dropped + r.delivered, 200000);
+    assert_int_equal(r.drops, r.st.lines_dropped);
+    assert_true(r.delivered >= 100);
+    assert_true(r.delivered <= 100 * (r.st.duration_ms / 1000 + 2));
+    /* ~20 MB went through the pipe; none of it may stay with us. */
+    assert_true(grown < 8 * 1024);
+    assert_true(k.ticks > 0);
+    assert_true(k.max_gap_ns < 1000 * 1000000ULL);
+    run_free(&r);
+}
+
+static void test_timeout(void **state)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "sleep", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    o.timeout_ms = 200;
+    o.kill_grace_ms = 10000;
+    run_all(&loop, &r, &o);
+    assert_int_equal(r.st.term_signal, SIGTERM);
+    assert_int_equal(r.st.killed, DSW_PROC_TIMEOUT);
+    assert_int_equal(r.st.sigkilled, 0);
+    assert_true(r.st.duration_ms >= 190 && r.st.duration_ms < 10000);
+    run_free(&r);
+}
+
+/* Ignores SIGTERM and leaves a grandchild: the escalation must SIGKILL the whole group. */
+static void escalate(uint64_t timeout_ms, enum dsw_proc_reason want)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "stubborn", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    o.timeout_ms = timeout_ms;
+    o.kill_grace_ms = 300;
+    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
+    int pgid = dsw_proc_pid(r.p);
+    assert_true(tu_run_until(&loop, has_ready, &r, 10000));
+    assert_true(r.ready > 0);
+    assert_int_equal(getpgid((pid_t)r.ready), pgid);
+    if (want == DSW_PROC_TERMINATE) {
+        dsw_proc_terminate(r.p, DSW_PROC_TERMINATE);
+        dsw_proc_terminate(r.p, DSW_PROC_TIMEOUT); /* neither restarts the grace nor the reason */
+    }
+    assert_true(tu_run_until(&loop, is_closed, &r, 10000));
+    tu_loop_close(&loop);
+    assert_int_equal(r.st.term_signal, SIGKILL);
+    assert_int_equal(r.st.killed, want);
+    assert_int_equal(r.st.sigkilled, 1);
+    assert_true(r.st.duration_ms >= 290);
+    int st = reap_within((pid_t)r.ready, 5000);
+    assert_true(st == -1 || (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL));
+    errno = 0;
+    assert_int_equal(kill(-pgid, 0), -1);
+    assert_int_equal(errno, ESRCH);
+    run_free(&r);
+}
+
+static void test_terminate_escalates(void **state)
+{
+    escalate(0, DSW_PROC_TERMINATE);
+}
+
+static void test_timeout_escalates(void **state)
+{
+    escalate(300, DSW_PROC_TIMEOUT);
+}
+
+static void test_close_while_running(void **state)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "stubborn", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    r.close_in_exit = 0;
+    o.kill_grace_ms = 60000;
+    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
+    int pgid = dsw_proc_pid(r.p);
+    assert_true(tu_run_until(&loop, has_ready, &r, 10000));
+    dsw_proc_close(r.p, on_closed, &r);
+    assert_true(tu_run_until(&loop, is_closed, &r, 10000));
+    tu_loop_close(&loop);
+    assert_int_equal(r.exits, 1);
+    assert_int_equal(r.st.term_signal, SIGKILL);
+    assert_int_equal(r.st.killed, DSW_PROC_CLOSED);
+    assert_true(r.st.duration_ms < 10000);
+    reap_within((pid_t)r.ready, 5000);
+    errno = 0;
+    assert_int_equal(kill(-pgid, 0), -1);
+    assert_int_equal(errno, ESRCH);
+    run_free(&r);
+}
+
+/* A grandchild that left the group holds stdout: the report still comes after drain_ms. */
+static void test_drain_cap(void **state)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "escape", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    o.drain_ms = 200;
+    uint64_t t0 = uv_hrtime();
+    run_all(&loop, &r, &o);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    assert_int_equal(r.st.exit_code, 0);
+    assert_true(ms >= 190);
+    assert_true(r.ready > 0);
+    assert_int_equal(kill((pid_t)r.ready, SIGKILL), 0);
+    reap_within((pid_t)r.ready, 5000);
+    run_free(&r);
+}
+
+static void test_group_and_cwd(void **state)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "ids", NULL};
+    char *dir = tu_tmpdir();
+    char want[PATH_MAX * 2];
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    o.cwd = dir;
+    run_all(&loop, &r, &o);
+    snprintf(want, sizeof(want), "O:%d %d %d %s\n", r.st.pid, r.st.pid, r.st.pid, dir);
+    assert_string_equal(dsw_buf_str(&r.out), want);
+    tu_rm_rf(dir);
+    free(dir);
+    run_free(&r);
+}
+
+static void test_exec_failures(void **state)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {"/nonexistent/dagster", "api", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    run_all(&loop, &r, &o);
+    assert_int_equal(r.st.exit_code, 127);
+    assert_non_null(strstr(dsw_buf_str(&r.out), "E:dagster-sqs-worker: cannot execute"));
+    run_free(&r);
+
+    /* A trampoline that cannot be executed fails the spawn itself; no callback, no leak. */
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    o.trampoline = "/nonexistent/trampoline";
+    struct dsw_proc *p = (struct dsw_proc *)&r;
+    assert_int_equal(dsw_proc_spawn(&loop, &o, &p), -ENOENT);
+    assert_null(p);
+    const char *none[] = {NULL};
+    o.argv = none;
+    assert_int_equal(dsw_proc_spawn(&loop, &o, &p), -EINVAL);
+    tu_loop_close(&loop);
+    assert_int_equal(r.exits, 0);
+    run_free(&r);
+}
+
+/* The trampoline refuses to exec when its parent is not the one it was told about (the daemon
+ * died between fork and prctl). */
+static void test_trampoline_parent_check(void **state)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, DSW_PROC_TRAMPOLINE_ARG, "1", self, "--child", "echo", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    o.direct = 1;
+    run_all(&loop, &r, &o);
+    assert_int_equal(r.st.exit_code, 127);
+    assert_string_equal(dsw_buf_str(&r.out), "");
+    run_free(&r);
+}
+
+/* In the forked "daemon": tell the test the child's pid once the real command runs. */
+static void mid_line(struct dsw_proc *p, enum dsw_proc_stream s, const char *line, size_t len,
+                     int truncated, void *arg)
+{
+    int pid = dsw_proc_pid(p);
+    if (write(*(int *)arg, &pid, sizeof(pid)) != sizeof(pid))
+        _exit(1);
+}
+
+/* kill -9 of a daemon-like parent (its own loop, spawning through the trampoline) kills the
+ * child through PR_SET_PDEATHSIG. */
+static void test_trampoline_pdeathsig(void **state)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t mid = fork();
+    assert_true(mid >= 0);
+    if (mid == 0) {
+        uv_loop_t loop;
+        struct dsw_proc *p;
+        const char *argv[] = {self, "--child", "hello", NULL};
+        struct dsw_proc_opts o = {
+            .argv = argv, .trampoline = self, .on_line = mid_line, .arg = &fds[1]};
+        close(fds[0]);
+        if (uv_loop_init(&loop) || dsw_proc_spawn(&loop, &o, &p))
+            _exit(1);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        _exit(2);
+    }
+    close(fds[1]);
+    int child = 0, st = 0;
+    assert_int_equal(read(fds[0], &child, sizeof(child)), sizeof(child));
+    close(fds[0]);
+    assert_true(child > 0);
+    assert_int_equal(kill(child, 0), 0);
+    assert_int_equal(kill(mid, SIGKILL), 0);
+    assert_int_equal(waitpid(mid, &st, 0), mid);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+    st = reap_within(child, 5000);
+    if (st != -1 && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+        fail_msg("child status %#x", st);
+}
+
+/* The default trampoline, /proc/self/exe. Under valgrind that names valgrind itself. */
+static void test_default_trampoline(void **state)
+{
+    const char *pre = getenv("LD_PRELOAD");
+    if (pre && strstr(pre, "vgpreload"))
+        return;
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "exit", "7", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    o.trampoline = NULL;
+    run_all(&loop, &r, &o);
+    assert_int_equal(r.st.exit_code, 7);
+    run_free(&r);
+}
+
+static void test_env_build(void **state)
+{
+    const char *base[] = {"PATH=/bin",
+                          "HOME=/root",
+                          "LANG=C",
+                          "LANGUAGE=en",
+                          "LC_ALL=C.UTF-8",
+                          "TZ=UTC",
+                          "DAGSTER_HOME=/old",
+                          "PYTHONPATH=/p",
+                          "AWS_SECRET_ACCESS_KEY=s",
+                          "AWS_ACCESS_KEY_ID=k",
+                          "PATHX=1",
+                          "NOEQUALS",
+                          "=weird",
+                          NULL};
+    const char *set[] = {"DAGSTER_HOME=/srv/dh", "FOO=1", "FOO=2", "DAGSTER_PG_PASSWORD=pw", NULL};
+    const char *want[] = {
+        "PATH=/bin",     "HOME=/root",           "LANG=C", "LC_ALL=C.UTF-8",         "TZ=UTC",
+        "PYTHONPATH=/p", "DAGSTER_HOME=/srv/dh", "FOO=2",  "DAGSTER_PG_PASSWORD=pw", NULL};
+    char **env = NULL;
+    assert_int_equal(dsw_proc_env_build(base, NULL, set, &env), 0);
+    size_t i = 0;
+    for (; env[i]; i++) {
+        assert_non_null(want[i]);
+        assert_string_equal(env[i], want[i]);
+    }
+    assert_null(want[i]);
+    dsw_proc_env_free(env);
+
+    const char *allow[] = {"AWS_*", "TZ", NULL};
+    assert_int_equal(dsw_proc_env_build(base, allow, NULL, &env), 0);
+    assert_string_equal(env[0], "TZ=UTC");
+    assert_string_equal(env[1], "AWS_SECRET_ACCESS_KEY=s");
+    assert_string_equal(env[2], "AWS_ACCESS_KEY_ID=k");
+    assert_null(env[3]);
+    dsw_proc_env_free(env);
+
+    assert_int_equal(dsw_proc_env_build(NULL, NULL, NULL, &env), 0);
+    assert_null(env[0]);
+    dsw_proc_env_free(env);
+
+    const char *bad1[] = {"NOVALUE", NULL};
+    const char *bad2[] = {"=x", NULL};
+    env = (char **)base;
+    assert_int_equal(dsw_proc_env_build(base, NULL, bad1, &env), -EINVAL);
+    assert_null(env);
+    assert_int_equal(dsw_proc_env_build(base, NULL, bad2, &env), -EINVAL);
+    dsw_proc_env_free(NULL);
+}
+
+/* The child sees exactly the environment it is given; NULL means an empty one. */
+static void test_env_child(void **state)
+{
+    const char *env[] = {"PATH=/usr/bin:/bin", "DAGSTER_HOME=/srv/dh", NULL};
+    for (int empty = 0; empty < 2; empty++) {
+        uv_loop_t loop;
+        struct run r;
+        struct dsw_proc_opts o;
+        const char *argv[] = {self, "--child", "env", NULL};
+        assert_int_equal(uv_loop_init(&loop), 0);
+        run_init(&r, &o, argv);
+        o.env = empty ? NULL : env;
+        run_all(&loop, &r, &o);
+        assert_int_equal(r.st.exit_code, 0);
+        assert_string_equal(dsw_buf_str(&r.out),
+                            empty ? "" : "O:PATH=/usr/bin:/bin\nO:DAGSTER_HOME=/srv/dh\n");
+        run_free(&r);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], DSW_PROC_TRAMPOLINE_ARG))
+        return dsw_proc_trampoline_main(argc, argv);
+    if (argc > 2 && !strcmp(argv[1], "--child"))
+        return child_main(argc - 2, argv + 2);
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0)
+        return 1;
+    self[n] = '\0';
+    /* Orphaned grandchildren come back to us, so tests can reap them and see how they died. */
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
+        return 1;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exit_codes),
+        cmocka_unit_test(test_killed_by_signal),
+        cmocka_unit_test(test_lines_before_exit),
+        cmocka_unit_test(test_long_lines),
+        cmocka_unit_test(test_flood),
+        cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_terminate_escalates),
+        cmocka_unit_test(test_timeout_escalates),
+        cmocka_unit_test(test_close_while_running),
+        cmocka_unit_test(test_drain_cap),
+        cmocka_unit_test(test_group_and_cwd),
+        cmocka_unit_test(test_exec_failures),
+        cmocka_unit_test(test_trampoline_parent_check),
+        cmocka_unit_test(test_trampoline_pdeathsig),
+        cmocka_unit_test(test_default_trampoline),
+        cmocka_unit_test(test_env_build),
+        cmocka_unit_test(test_env_child),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
