@@ -482,6 +482,17 @@ void dsw_proc_env_free(char **env)
     free(env);
 }
 
+/* Descriptors a library opened without O_CLOEXEC (sockets of curl, say) must not reach the run
+ * worker: it would hold our connections open. */
+static void close_inherited_fds(void)
+{
+    if (close_range(3, ~0U, 0) == 0)
+        return;
+    long max = sysconf(_SC_OPEN_MAX);
+    for (long fd = 3; fd < DSW_MIN(max < 0 ? 1024 : max, 65536); fd++)
+        close((int)fd);
+}
+
 /* ---- trampoline (runs in the child, between fork/exec of ourselves and exec of the command) */
 
 int dsw_proc_trampoline_main(int argc, char **argv)
@@ -506,6 +517,7 @@ int dsw_proc_trampoline_main(int argc, char **argv)
     /* The daemon may have died before prctl: then we were reparented already. */
     if (getppid() != (pid_t)ppid)
         return 127;
+    close_inherited_fds();
     execvp(argv[3], argv + 3);
     int e = errno;
     fprintf(stderr, "dagster-sqs-worker: cannot execute %s: %s\n", argv[3], strerror(e));

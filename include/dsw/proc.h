@@ -3,7 +3,16 @@
  * own binary), gets only the environment it is given, and has its stdout/stderr read line by line
  * under a per-line and per-second cap. Timeouts and terminate() signal the whole group: SIGTERM,
  * then SIGKILL after a grace period. Everything runs on the caller's libuv loop; no SIGCHLD
- * handler of our own (libuv reaps). */
+ * handler of our own (libuv reaps).
+ *
+ * What keeps a run's processes from outliving it:
+ * - every path that ends a run (exit, timeout, terminate, close, hence drain) ends with SIGKILL to
+ *   the whole group, so nothing left in the group survives the run;
+ * - if the daemon dies (even by SIGKILL) the kernel SIGKILLs the direct child (PDEATHSIG, set by
+ *   the trampoline before exec; it follows the thread that spawned, so spawn from the loop thread
+ *   of the main thread). The child's own children are not reached by that: under systemd,
+ *   KillMode=mixed kills what is left in the unit's cgroup once the main process is gone. That
+ *   cgroup is also the only thing that catches a process that left the group (setsid). */
 #ifndef DSW_PROC_H
 #define DSW_PROC_H
 
@@ -129,7 +138,8 @@ int dsw_proc_env_build(const char *const *base, const char *const *allow, const 
 void dsw_proc_env_free(char **env);
 
 /* Body of the hidden trampoline: argv = {self, DSW_PROC_TRAMPOLINE_ARG, parent-pid, cmd...}.
- * Sets PR_SET_PDEATHSIG(SIGKILL), exits 127 if the parent is already gone, then execvp(cmd).
+ * Sets PR_SET_PDEATHSIG(SIGKILL), exits 127 if the parent is already gone, closes every
+ * descriptor above 2, then execvp(cmd) (PATH from the environment uv_spawn gave it).
  * Returns only on failure (127 not found / bad usage, 126 other exec errors); main() returns
  * that value. Must run before any other initialisation of the program. */
 int dsw_proc_trampoline_main(int argc, char **argv);

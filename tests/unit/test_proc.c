@@ -7,6 +7,7 @@
 #include "dsw/proc.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -112,6 +113,13 @@ static int child_main(int argc, char **argv)
         char cwd[PATH_MAX];
         printf("%ld %ld %ld %s\n", (long)getpid(), (long)getpgrp(), (long)getsid(0),
                getcwd(cwd, sizeof(cwd)) ? cwd : "?");
+        return 0;
+    }
+    if (!strcmp(mode, "fds")) {
+        int n = 0;
+        for (int fd = 3; fd < 1024; fd++)
+            n += fcntl(fd, F_GETFD) != -1;
+        printf("fds %d\n", n);
         return 0;
     }
     if (!strcmp(mode, "flood"))
@@ -498,6 +506,29 @@ static void test_group_and_cwd(void **state)
     run_free(&r);
 }
 
+/* A descriptor opened without O_CLOEXEC does not reach the command. */
+static void test_no_inherited_fds(void **state)
+{
+    for (int direct = 0; direct < 2; direct++) {
+        uv_loop_t loop;
+        struct run r;
+        struct dsw_proc_opts o;
+        const char *argv[] = {self, "--child", "fds", NULL};
+        int leak = dup(0);
+        assert_true(leak >= 0);
+        assert_int_equal(uv_loop_init(&loop), 0);
+        run_init(&r, &o, argv);
+        o.direct = direct;
+        run_all(&loop, &r, &o);
+        close(leak);
+        if (direct)
+            assert_string_not_equal(dsw_buf_str(&r.out), "O:fds 0\n");
+        else
+            assert_string_equal(dsw_buf_str(&r.out), "O:fds 0\n");
+        run_free(&r);
+    }
+}
+
 static void test_exec_failures(void **state)
 {
     uv_loop_t loop;
@@ -700,6 +731,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_close_while_running),
         cmocka_unit_test(test_drain_cap),
         cmocka_unit_test(test_group_and_cwd),
+        cmocka_unit_test(test_no_inherited_fds),
         cmocka_unit_test(test_exec_failures),
         cmocka_unit_test(test_trampoline_parent_check),
         cmocka_unit_test(test_trampoline_pdeathsig),
