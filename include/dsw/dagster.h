@@ -18,8 +18,7 @@ struct dsw_kv {
  * EngineEventData with the given text metadata entries, in the given order. pid < 0 writes
  * null. timestamp is unix seconds and is always written as a JSON float. */
 char *dsw_dagster_engine_event(const char *run_id, const char *job_name, const char *message,
-                               const struct dsw_kv *meta, size_t nmeta, int pid,
-                               double timestamp);
+                               const struct dsw_kv *meta, size_t nmeta, int pid, double timestamp);
 
 /* An EventLogEntry JSON for a run-level event written from outside the run, e.g.
  * "PIPELINE_FAILURE" (level 40) or "PIPELINE_CANCELED" (level 20), "PIPELINE_STARTING" (20),
@@ -36,8 +35,8 @@ int dsw_dagster_body_set_status(const char *run_body, const char *status, char *
  * (*origin), its repository_origin.entry_point as a NULL-terminated argv (*entry_point, may be
  * NULL when absent; free each string and the array), and executable_path (*exe, may be NULL).
  * Any out pointer may be NULL. Returns 0 or -EINVAL. */
-int dsw_dagster_body_origin(const char *run_body, char **origin, char ***entry_point, char **exe)
-    DSW_WUR;
+int dsw_dagster_body_origin(const char *run_body, char **origin, char ***entry_point,
+                            char **exe) DSW_WUR;
 
 /* The value of tag key in run_body's "tags" object (*out, NULL when absent). 0 or -EINVAL. */
 int dsw_dagster_body_tag(const char *run_body, const char *key, char **out) DSW_WUR;
@@ -46,7 +45,7 @@ int dsw_dagster_body_tag(const char *run_body, const char *key, char **out) DSW_
  * {"__class__": ..., "instance_ref": <instance_ref_json or null>, "pipeline_origin": <origin>,
  * "pipeline_run_id": <run_id>, "set_exit_code_on_failure": true} in Dagster's form.
  * instance_ref_json may be NULL (writes null). Returns 0 or -EINVAL. */
-int dsw_dagster_run_args(const char *run_id, const char *origin_json,
-                         const char *instance_ref_json, int resume, char **out) DSW_WUR;
+int dsw_dagster_run_args(const char *run_id, const char *origin_json, const char *instance_ref_json,
+                         int resume, char **out) DSW_WUR;
 
 #endif
