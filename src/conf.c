@@ -582,7 +582,10 @@ static int parse_line(struct parser *p, char *line)
         snprintf(p->err, DSW_CONF_ERR_MAX, "%s: %s: key outside of a [section]", where, name);
         return -EINVAL;
     }
-    if (unquote(eq + 1, &value)) {
+    char *raw = eq + 1;
+    while (isspace((unsigned char)*raw))
+        raw++;
+    if (unquote(raw, &value)) {
         snprintf(p->err, DSW_CONF_ERR_MAX, "%s: %s.%s: unterminated or malformed quoted value",
                  where, p->section, name);
         return -EINVAL;
@@ -661,7 +664,7 @@ static int read_file(const char *path, char **out, struct stat *st, char *err)
 
 static int parse_file(struct parser *p)
 {
-    char *text;
+    char *text = NULL;
     struct stat st;
     int rc = read_file(p->path, &text, &st, p->err);
     if (rc)
@@ -926,23 +929,6 @@ void dsw_conf_visit(const struct dsw_conf *c, dsw_conf_visit_cb cb, void *arg)
         snprintf(v, sizeof(v), "env.%s", c->runs.env[i].name);
         cb("runs", v, "(set)", arg);
     }
-}
-
-void dsw_conf_print_keys(int fd)
-{
-    FILE *f = fdopen(dup(fd), "w");
-    if (!f)
-        return;
-    const char *section = "";
-    for (size_t i = 0; i < DSW_ARRAY_LEN(keys); i++) {
-        if (strcmp(section, keys[i].section)) {
-            section = keys[i].section;
-            fprintf(f, "\n[%s]\n", section);
-        }
-        fprintf(f, "# %s\n%s%s = %s\n", keys[i].help, keys[i].def ? "" : "# ", keys[i].name,
-                keys[i].def ? keys[i].def : "");
-    }
-    fclose(f);
 }
 
 const char *dsw_conf_region(const struct dsw_conf *c, char *buf, size_t n)

@@ -297,7 +297,7 @@ static void json_kv(struct line *l, const char *k, const char *v)
 static void format_json(struct line *l, enum dsw_log_level level, const struct dsw_log_ctx *c,
                         const char *msg)
 {
-    char ts[40], num[32];
+    char ts[40], num[64];
     iso_time(ts, sizeof(ts));
     puts_(l, "{\"ts\": ");
     put_json_str(l, ts);

@@ -110,9 +110,6 @@ int dsw_conf_parse_duration(const char *s, int64_t *ms) DSW_WUR;
 /* Parse "256KiB", "1MiB", "512" (bytes) into bytes. */
 int dsw_conf_parse_size(const char *s, int64_t *bytes) DSW_WUR;
 
-/* Print every key with its default and help, as `worker.conf` would (for --help-config). */
-void dsw_conf_print_keys(int fd);
-
 /* Visit every key's effective value as text (secrets shown as "(set)"); for check-config. */
 typedef void (*dsw_conf_visit_cb)(const char *section, const char *key, const char *value,
                                   void *arg);

@@ -16,7 +16,8 @@ const char *tu_need_env(const char *name)
     const char *v = getenv(name);
     if (!v || !*v)
         fail_msg("%s is not set: run the suite through scripts/test.sh, which starts the "
-                 "services", name);
+                 "services",
+                 name);
     return v;
 }
 

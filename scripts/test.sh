@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian 12 machine: installs what it needs, builds the normal
+# and the ASan+UBSan builds, starts PostgreSQL, moto and fauxqs on loopback, runs every test
+# in both builds, runs the fuzzers, and stops everything it started, even on failure.
+#   FUZZ_SECONDS=60 (per fuzzer; 0 skips the fuzz stage)   JOBS=2 (ctest parallelism)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+start=$SECONDS
+
+bash scripts/deps.sh
+
+jobs=${JOBS:-2}
+build() { # dir, extra cmake args...
+    local dir=$1
+    shift
+    cmake -S . -B "$dir" -DDSW_WERROR=ON "$@" >/dev/null
+    cmake --build "$dir" -j"$jobs" >/dev/null
+}
+echo "== build: normal (build/) and ASan+UBSan (build-asan/)"
+build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+build build-asan -DCMAKE_BUILD_TYPE=Debug -DDSW_SANITIZE=ON
+
+echo "== format check"
+if ! git ls-files '*.c' '*.h' | xargs clang-format --dry-run --Werror 2>/dev/null; then
+    echo "clang-format: files need formatting (run clang-format -i)" >&2
+    exit 1
+fi
+
+svc=$(mktemp -d /tmp/dsw-services.XXXXXX)
+chmod 755 "$svc"
+cleanup() {
+    bash scripts/services.sh stop "$svc" || true
+    rm -rf "$svc"
+}
+trap cleanup EXIT INT TERM
+echo "== services"
+bash scripts/services.sh start "$svc" >/dev/null
+# shellcheck disable=SC1091
+. "$svc/env"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
+
+failed=0 npass=0 nfail=0
+for dir in build build-asan; do
+    echo "== ctest ($dir)"
+    (cd "$dir" && ctest --output-on-failure -j"$jobs" --timeout 300) 2>&1 | tee "$svc/ctest.log" ||
+        failed=1
+    line=$(grep -E '[0-9]+ tests failed out of [0-9]+' "$svc/ctest.log" | tail -n1)
+    if [ -z "$line" ]; then failed=1; continue; fi
+    f=$(sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\1/' <<<"$line")
+    t=$(sed -E 's/.* ([0-9]+) tests failed out of ([0-9]+).*/\2/' <<<"$line")
+    [ "$t" -gt 0 ] || failed=1
+    npass=$((npass + t - f))
+    nfail=$((nfail + f))
+done
+[ "$nfail" = 0 ] || failed=1
+
+if [ "${FUZZ_SECONDS:-60}" != 0 ] && [ -x scripts/fuzz.sh ]; then
+    echo "== fuzz (${FUZZ_SECONDS:-60} s per target)"
+    bash scripts/fuzz.sh || failed=1
+fi
+
+echo "== done in $((SECONDS - start)) s"
+echo "$npass passed, $nfail failed"
+exit $failed
