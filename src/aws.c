@@ -677,6 +677,23 @@ static void schedule_expiry(struct dsw_aws *a)
     schedule_refresh(a, delay);
 }
 
+/* Our own words for the outcomes (strerror's "Permission denied" reads like a local file). */
+static const char *why(int rc)
+{
+    switch (rc) {
+    case -ENOKEY:
+        return "no provider had credentials";
+    case -EACCES:
+        return "refused";
+    case -EINVAL:
+        return "misconfigured";
+    case -EBADMSG:
+        return "malformed reply";
+    default:
+        return strerror(-rc);
+    }
+}
+
 static void resolve_done(struct dsw_aws *a, int rc)
 {
     a->resolving = 0;
@@ -686,16 +703,18 @@ static void resolve_done(struct dsw_aws *a, int rc)
         a->have = 1;
         a->cur_prov = a->prov;
         a->gen++;
-        dsw_info("aws: credentials from %s%s (expire in %llds)", a->cur.source,
-                 a->cur.token[0] ? ", temporary" : "",
-                 a->cur.expires ? (long long)(a->cur.expires - (int64_t)time(NULL)) : -1LL);
+        if (a->cur.expires)
+            dsw_info("aws: credentials from %s (temporary, expire in %llds)", a->cur.source,
+                     (long long)(a->cur.expires - (int64_t)time(NULL)));
+        else
+            dsw_info("aws: credentials from %s", a->cur.source);
         schedule_expiry(a);
     } else if (a->have && dsw_aws_creds(a)) {
         dsw_warn("aws: refreshing credentials from %s failed (%s); keeping the current ones",
-                 prov_name[a->cur_prov], strerror(-rc));
+                 prov_name[a->cur_prov], why(rc));
         schedule_refresh(a, 30000);
     } else {
-        dsw_error("aws: no credentials: %s", strerror(-rc));
+        dsw_error("aws: no credentials (%s)", why(rc));
     }
     memset(&a->next, 0, sizeof(a->next));
     a->imds_token[0] = '\0';

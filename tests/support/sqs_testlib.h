@@ -52,9 +52,26 @@ static inline int st_fired(void *arg)
     return ((struct st_call *)arg)->fired;
 }
 
+static inline void st_tick(uv_timer_t *t)
+{
+}
+
+/* tu_run_until, with a 10 ms tick: a callback that fires from a timer at the start of a
+ * UV_RUN_ONCE iteration would otherwise leave the loop blocked in poll until the next event. */
+static inline int st_run_until(uv_loop_t *loop, int (*cond)(void *), void *arg, uint64_t ms)
+{
+    uv_timer_t tick;
+    uv_timer_init(loop, &tick);
+    uv_timer_start(&tick, st_tick, 10, 10);
+    int ok = tu_run_until(loop, cond, arg, ms);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return ok;
+}
+
 static inline void st_wait(struct st_env *e, struct st_call *c, uint64_t timeout_ms)
 {
-    assert_true(tu_run_until(&e->loop, st_fired, c, timeout_ms));
+    assert_true(st_run_until(&e->loop, st_fired, c, timeout_ms));
 }
 
 static inline void st_fire(struct st_call *c, int status)
