@@ -47,17 +47,17 @@ struct st_call {
     uint64_t t_done;
 };
 
-static int st_fired(void *arg)
+static inline int st_fired(void *arg)
 {
     return ((struct st_call *)arg)->fired;
 }
 
-static void st_wait(struct st_env *e, struct st_call *c, uint64_t timeout_ms)
+static inline void st_wait(struct st_env *e, struct st_call *c, uint64_t timeout_ms)
 {
     assert_true(tu_run_until(&e->loop, st_fired, c, timeout_ms));
 }
 
-static void st_fire(struct st_call *c, int status)
+static inline void st_fire(struct st_call *c, int status)
 {
     c->fired = 1;
     c->calls++;
@@ -65,7 +65,7 @@ static void st_fire(struct st_call *c, int status)
     c->t_done = dsw_now_ms();
 }
 
-static void st_on_receive(int status, const struct dsw_sqs_message *m, size_t n, void *arg)
+static inline void st_on_receive(int status, const struct dsw_sqs_message *m, size_t n, void *arg)
 {
     struct st_call *c = arg;
     c->n = n;
@@ -88,7 +88,8 @@ static void st_on_receive(int status, const struct dsw_sqs_message *m, size_t n,
     st_fire(c, status);
 }
 
-static void st_on_batch(int status, const struct dsw_sqs_entry_result *r, size_t n, void *arg)
+static inline void st_on_batch(int status, const struct dsw_sqs_entry_result *r, size_t n,
+                               void *arg)
 {
     struct st_call *c = arg;
     c->n = n;
@@ -99,14 +100,14 @@ static void st_on_batch(int status, const struct dsw_sqs_entry_result *r, size_t
     st_fire(c, status);
 }
 
-static void st_on_str(int status, const char *s, void *arg)
+static inline void st_on_str(int status, const char *s, void *arg)
 {
     struct st_call *c = arg;
     snprintf(c->str, sizeof(c->str), "%s", s ? s : "");
     st_fire(c, status);
 }
 
-static void st_on_attrs(int status, const struct dsw_sqs_attr *a, size_t n, void *arg)
+static inline void st_on_attrs(int status, const struct dsw_sqs_attr *a, size_t n, void *arg)
 {
     struct st_call *c = arg;
     c->str[0] = '\0';
@@ -119,8 +120,8 @@ static void st_on_attrs(int status, const struct dsw_sqs_attr *a, size_t n, void
 }
 
 /* Set up loop, http, aws (fixed creds when key is non-NULL), sqs on endpoint. */
-static void st_open(struct st_env *e, const char *endpoint, const struct dsw_aws_creds *creds,
-                    const struct dsw_sqs_opts *so)
+static inline void st_open(struct st_env *e, const char *endpoint,
+                           const struct dsw_aws_creds *creds, const struct dsw_sqs_opts *so)
 {
     struct dsw_aws_opts ao = {.region = "us-east-1", .fixed = creds};
     struct dsw_aws_creds dflt = {.key_id = "test", .secret = "test"};
@@ -136,7 +137,7 @@ static void st_open(struct st_env *e, const char *endpoint, const struct dsw_aws
     assert_int_equal(dsw_sqs_init(&e->sqs, &e->loop, e->http, e->aws, &o), 0);
 }
 
-static void st_close(struct st_env *e)
+static inline void st_close(struct st_env *e)
 {
     dsw_sqs_close(e->sqs, NULL, NULL);
     dsw_aws_close(e->aws, NULL, NULL);
@@ -146,8 +147,8 @@ static void st_close(struct st_env *e)
 }
 
 /* Create a queue with a unique name; returns its URL (static storage per call site copy). */
-static void st_create_queue(struct st_env *e, const char *prefix, int visibility_s, char *url,
-                            size_t n)
+static inline void st_create_queue(struct st_env *e, const char *prefix, int visibility_s,
+                                   char *url, size_t n)
 {
     static int seq;
     char name[80], vis[16];
@@ -162,8 +163,8 @@ static void st_create_queue(struct st_env *e, const char *prefix, int visibility
     snprintf(url, n, "%s", c.str);
 }
 
-static int st_send(struct st_env *e, const char *url, const char *body,
-                   const struct dsw_sqs_attr *attrs, size_t nattrs)
+static inline int st_send(struct st_env *e, const char *url, const char *body,
+                          const struct dsw_sqs_attr *attrs, size_t nattrs)
 {
     struct st_call c = {0};
     struct dsw_sqs_send_req r = {
@@ -173,8 +174,8 @@ static int st_send(struct st_env *e, const char *url, const char *body,
     return c.status;
 }
 
-static void st_receive(struct st_env *e, const char *url, int max, int wait_s, int vis,
-                       struct st_call *c)
+static inline void st_receive(struct st_env *e, const char *url, int max, int wait_s, int vis,
+                              struct st_call *c)
 {
     memset(c, 0, sizeof(*c));
     assert_int_equal(dsw_sqs_receive(e->sqs, url, max, wait_s, vis, st_on_receive, c), 0);

@@ -817,6 +817,61 @@ static void test_deep_nesting(void **state)
     free(b);
 }
 
+/* Every fuzz seed still means what its name says, so the corpus keeps reaching deep paths:
+ * <form>_*.json decode, bad_* and the others named below are rejected with that reason. */
+static enum dsw_msg_reason seed_expectation(const char *name)
+{
+    static const struct {
+        const char *glob;
+        enum dsw_msg_reason reason;
+    } rules[] = {
+        {"bad_*", DSW_MSG_BAD_JSON},
+        {"s3_pointer*", DSW_MSG_BAD_ENVELOPE},    /* no attribute here */
+        {"celery_inner_*", DSW_MSG_BAD_ENVELOPE}, /* a bare [args, kwargs, embed] */
+        {"taskiq_execute_plan*", DSW_MSG_UNSUPPORTED_TASK},
+        {"serdes_lax_run_id*", DSW_MSG_BAD_RUN_ID}, /* strict run ids here */
+        {"*", DSW_MSG_OK},
+    };
+    for (size_t i = 0; i < DSW_ARRAY_LEN(rules); i++)
+        if (fnmatch(rules[i].glob, name, 0) == 0)
+            return rules[i].reason;
+    return DSW_MSG_OK;
+}
+
+static void test_fuzz_seeds(void **state)
+{
+    const char *src = tu_need_env("DSW_SOURCE_DIR");
+    char *dir = NULL;
+    DIR *d;
+    struct dirent *e;
+    int seen = 0;
+
+    assert_true(asprintf(&dir, "%s/tests/fuzz/corpus/msg", src) > 0);
+    assert_non_null(d = opendir(dir));
+    while ((e = readdir(d))) {
+        struct dsw_msg_opts o = {.strict_run_id = 1};
+        struct dsw_msg_request req;
+        struct dsw_msg_reject rej;
+        char *path = NULL, *body;
+        size_t len;
+
+        if (e->d_name[0] == '.')
+            continue;
+        assert_true(asprintf(&path, "%s/%s", dir, e->d_name) > 0);
+        body = tu_read_file(path, &len);
+        if (dsw_msg_decode(body, len, &o, &req, &rej) == 0)
+            dsw_msg_request_clear(&req);
+        if (rej.reason != seed_expectation(e->d_name))
+            fail_msg("seed %s: %s (%s)", e->d_name, dsw_msg_reason_name(rej.reason), rej.detail);
+        free(body);
+        free(path);
+        seen++;
+    }
+    closedir(d);
+    free(dir);
+    assert_true(seen >= 10);
+}
+
 /* --- names and run ids ----------------------------------------------------------------- */
 
 static void test_reason_names(void **state)
@@ -880,14 +935,14 @@ static void test_null_opts_and_clear(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vectors_all_listed),  cmocka_unit_test(test_vectors_decode),
-        cmocka_unit_test(test_vectors_every_form),  cmocka_unit_test(test_legacy_task_names),
-        cmocka_unit_test(test_minimal_args),        cmocka_unit_test(test_non_strict_run_id),
-        cmocka_unit_test(test_layout_whitespace),   cmocka_unit_test(test_size_limits),
-        cmocka_unit_test(test_size_before_parse),   cmocka_unit_test(test_s3_pointer),
-        cmocka_unit_test(test_bad_bodies),          cmocka_unit_test(test_deep_nesting),
-        cmocka_unit_test(test_reason_names),        cmocka_unit_test(test_run_id_rule),
-        cmocka_unit_test(test_null_opts_and_clear),
+        cmocka_unit_test(test_vectors_all_listed), cmocka_unit_test(test_vectors_decode),
+        cmocka_unit_test(test_vectors_every_form), cmocka_unit_test(test_legacy_task_names),
+        cmocka_unit_test(test_minimal_args),       cmocka_unit_test(test_non_strict_run_id),
+        cmocka_unit_test(test_layout_whitespace),  cmocka_unit_test(test_size_limits),
+        cmocka_unit_test(test_size_before_parse),  cmocka_unit_test(test_s3_pointer),
+        cmocka_unit_test(test_bad_bodies),         cmocka_unit_test(test_deep_nesting),
+        cmocka_unit_test(test_fuzz_seeds),         cmocka_unit_test(test_reason_names),
+        cmocka_unit_test(test_run_id_rule),        cmocka_unit_test(test_null_opts_and_clear),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
