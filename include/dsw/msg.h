@@ -83,7 +83,7 @@ struct dsw_msg_reject {
 /* Decode body[0..len) (need not be NUL-terminated; any bytes). On success returns 0 and fills
  * *req (caller clears it); rej->reason is DSW_MSG_OK. On a reject returns -EBADMSG, leaves *req
  * zeroed and fills *rej. opts may be NULL (all defaults). Never logs; allocation failure
- * aborts (dsw_xmalloc). The size check happens before any parsing. */
+ * aborts (dsw_xmalloc). req and rej are required. The size check happens before any parsing. */
 int dsw_msg_decode(const void *body, size_t len, const struct dsw_msg_opts *opts,
                    struct dsw_msg_request *req, struct dsw_msg_reject *rej) DSW_WUR;
 

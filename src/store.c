@@ -1,0 +1,1028 @@
+/* store: every SQL statement of the daemon, over dsw_db. Single statements for reads and claim
+ * CAS (claim, takeover, heartbeat, sweep); small step machines over one dsw_db transaction for
+ * writes (launch, exit, outcome, enqueue's STARTING, db-init), each fenced by the claim token
+ * and never overwriting a terminal run status. Event JSON comes from the dagster module. */
+#include "dsw/store.h"
+
+#include "dsw/dagster.h"
+#include "dsw/log.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define POLL_MAX        1000
+#define SWEEP_MAX       1000
+#define TAG_MAX_RUNTIME "dagster/max_runtime"
+/* pg_advisory_xact_lock key serializing concurrent db-init runs ("dsw-init"). */
+#define INIT_LOCK_KEY "7238079893510318452"
+
+struct dsw_store {
+    struct dsw_db *db;
+    char *worker_id;
+    char *hostname;
+    int64_t ttl_ms;
+    char ttl[24];
+};
+
+/* ---- statuses ------------------------------------------------------------------------------ */
+
+static const char *const status_names[] = {
+    [DSW_STATUS_UNKNOWN] = "UNKNOWN",         [DSW_STATUS_QUEUED] = "QUEUED",
+    [DSW_STATUS_NOT_STARTED] = "NOT_STARTED", [DSW_STATUS_MANAGED] = "MANAGED",
+    [DSW_STATUS_STARTING] = "STARTING",       [DSW_STATUS_STARTED] = "STARTED",
+    [DSW_STATUS_SUCCESS] = "SUCCESS",         [DSW_STATUS_FAILURE] = "FAILURE",
+    [DSW_STATUS_CANCELING] = "CANCELING",     [DSW_STATUS_CANCELED] = "CANCELED",
+};
+
+const char *dsw_store_status_name(enum dsw_store_status s)
+{
+    return (size_t)s < DSW_ARRAY_LEN(status_names) ? status_names[s] : "UNKNOWN";
+}
+
+enum dsw_store_status dsw_store_status_parse(const char *text)
+{
+    for (size_t i = 1; text && i < DSW_ARRAY_LEN(status_names); i++)
+        if (strcmp(text, status_names[i]) == 0)
+            return (enum dsw_store_status)i;
+    return DSW_STATUS_UNKNOWN;
+}
+
+bool dsw_store_status_terminal(enum dsw_store_status s)
+{
+    return s == DSW_STATUS_SUCCESS || s == DSW_STATUS_FAILURE || s == DSW_STATUS_CANCELED;
+}
+
+static enum dsw_store_claim_state claim_state_parse(const char *t)
+{
+    if (!t)
+        return DSW_CLAIM_NONE;
+    if (strcmp(t, "running") == 0)
+        return DSW_CLAIM_RUNNING;
+    if (strcmp(t, "done") == 0)
+        return DSW_CLAIM_DONE;
+    return DSW_CLAIM_CLAIMED;
+}
+
+/* ---- SQL ----------------------------------------------------------------------------------- */
+
+#define SCHEMA "dagster_sqs_worker"
+#define CLAIMS SCHEMA ".run_claims"
+#define FENCE  "nextval('" SCHEMA ".fence')"
+/* The ten columns read_claim parses, for a claims row aliased p. */
+#define CLAIM_COLS(p)                                                                              \
+    p "state, " p "fencing_token, " p "attempt, " p "kind, " p "worker_id, " p "message_id, " p    \
+      "receive_count, " p "child_pid, extract(epoch FROM now() - " p "heartbeat_at)::float8, " p   \
+      "outcome"
+#define NCLAIM_COLS 10
+
+static const char *const migration_v1[] = {
+    "CREATE SCHEMA IF NOT EXISTS " SCHEMA,
+    "CREATE SEQUENCE IF NOT EXISTS " SCHEMA ".fence",
+    "CREATE TABLE IF NOT EXISTS " CLAIMS " ("
+    " run_id text PRIMARY KEY,"
+    " kind text NOT NULL DEFAULT 'execute',"
+    " attempt int NOT NULL DEFAULT 1,"
+    " worker_id text NOT NULL,"
+    " fencing_token bigint NOT NULL,"
+    " message_id text,"
+    " receive_count int,"
+    " state text NOT NULL CHECK (state IN ('claimed', 'running', 'done')),"
+    " child_pid int,"
+    " claimed_at timestamptz NOT NULL DEFAULT now(),"
+    " heartbeat_at timestamptz NOT NULL DEFAULT now(),"
+    " finished_at timestamptz,"
+    " exit_code int,"
+    " term_signal int,"
+    " outcome text)",
+    "CREATE INDEX IF NOT EXISTS run_claims_stale ON " CLAIMS " (heartbeat_at)"
+    " WHERE state <> 'done'",
+    "CREATE TABLE IF NOT EXISTS " SCHEMA ".schema_version ("
+    " version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+};
+
+static const char SQL_HAS_SCHEMA[] =
+    "SELECT pg_catalog.to_regclass('" SCHEMA ".schema_version') IS NOT NULL";
+static const char SQL_SCHEMA_VERSION[] =
+    "SELECT coalesce(max(version), 0) FROM " SCHEMA ".schema_version";
+static const char SQL_INIT_LOCK[] = "SELECT pg_advisory_xact_lock($1::bigint)";
+static const char SQL_SET_VERSION[] = "INSERT INTO " SCHEMA ".schema_version (version) "
+                                      "VALUES ($1::int) ON CONFLICT (version) DO NOTHING";
+
+static const char SQL_LOAD[] =
+    "SELECT r.status, r.pipeline_name, r.run_body,"
+    " (SELECT t.value FROM run_tags t WHERE t.run_id = r.run_id AND t.key = $2"
+    "  ORDER BY t.id DESC LIMIT 1), " CLAIM_COLS(
+        "c.") " FROM runs r"
+              " LEFT JOIN " CLAIMS " c ON c.run_id = r.run_id WHERE r.run_id = $1";
+static const char SQL_POLL[] = "SELECT run_id, status FROM runs WHERE run_id = ANY($1::text[])";
+
+static const char SQL_CLAIM[] =
+    "INSERT INTO " CLAIMS " AS c (run_id, kind, worker_id, fencing_token, message_id,"
+    " receive_count, state) VALUES ($1, $2, $3, " FENCE ", $4, $5::int, 'claimed')"
+    " ON CONFLICT (run_id) DO NOTHING RETURNING " CLAIM_COLS("c.");
+static const char SQL_CLAIM_VIEW[] =
+    "SELECT " CLAIM_COLS("c.") " FROM " CLAIMS " c WHERE c.run_id = $1";
+static const char SQL_TAKEOVER[] =
+    "UPDATE " CLAIMS " AS c SET fencing_token = " FENCE ", kind = $3, worker_id = $4,"
+    " message_id = $5, receive_count = $6::int, state = 'claimed', attempt = c.attempt + 1,"
+    " child_pid = NULL, claimed_at = now(), heartbeat_at = now(), finished_at = NULL,"
+    " exit_code = NULL, term_signal = NULL, outcome = NULL"
+    " WHERE c.run_id = $1 AND c.fencing_token = $2::bigint AND (c.state = 'done'"
+    " OR c.heartbeat_at < now() - $7::bigint * interval '1 millisecond')"
+    " RETURNING " CLAIM_COLS("c.");
+static const char SQL_HEARTBEAT[] =
+    "UPDATE " CLAIMS " SET heartbeat_at = now()"
+    " WHERE run_id = $1 AND fencing_token = $2::bigint AND state <> 'done'";
+static const char SQL_SWEEP[] =
+    "UPDATE " CLAIMS " AS c SET fencing_token = " FENCE ", worker_id = $1, state = 'claimed',"
+    " attempt = c.attempt + 1, child_pid = NULL, claimed_at = now(), heartbeat_at = now()"
+    " FROM (SELECT s.run_id, s.state AS prev_state, s.worker_id AS prev_worker FROM " CLAIMS
+    " s WHERE s.state <> 'done' AND s.heartbeat_at < now() - $2::bigint * interval"
+    " '1 millisecond' ORDER BY s.heartbeat_at LIMIT $3::int FOR UPDATE SKIP LOCKED) AS old"
+    " LEFT JOIN runs r ON r.run_id = old.run_id WHERE c.run_id = old.run_id"
+    " RETURNING c.run_id, r.status, r.pipeline_name, old.prev_state, old.prev_worker, " CLAIM_COLS(
+        "c.");
+
+static const char SQL_CLAIM_DONE[] =
+    "UPDATE " CLAIMS " SET state = 'done', exit_code = $3::int, term_signal = $4::int,"
+    " outcome = $5, finished_at = now(), heartbeat_at = now()"
+    " WHERE run_id = $1 AND fencing_token = $2::bigint AND state <> 'done' RETURNING 1";
+static const char SQL_CLAIM_SEEN[] = "SELECT c.state, c.fencing_token, r.status FROM " CLAIMS
+                                     " c LEFT JOIN runs r ON r.run_id = c.run_id"
+                                     " WHERE c.run_id = $1";
+static const char SQL_CLAIM_RUNNING[] =
+    "UPDATE " CLAIMS " SET state = 'running', child_pid = $3::int, heartbeat_at = now()"
+    " WHERE run_id = $1 AND fencing_token = $2::bigint AND state <> 'done'";
+static const char SQL_LOCK_RUN[] =
+    "SELECT status, pipeline_name, run_body FROM runs WHERE run_id = $1 FOR UPDATE";
+/* SPEC §2.1's insert and pg_notify, in one statement; fenced: nothing is written unless the
+ * claim still carries the token. */
+static const char SQL_EVENT_FENCED[] =
+    "WITH ins AS (INSERT INTO event_logs (run_id, event, dagster_event_type, timestamp,"
+    " step_key, asset_key, partition) SELECT $1::text, $2::text, $3::text, $4::timestamp,"
+    " NULL, NULL, NULL WHERE EXISTS (SELECT 1 FROM " CLAIMS
+    " WHERE run_id = $1::text AND fencing_token = $5::bigint) RETURNING id)"
+    " SELECT id, pg_notify('run_events', $1::text || '_' || id) FROM ins";
+static const char SQL_EVENT[] =
+    "WITH ins AS (INSERT INTO event_logs (run_id, event, dagster_event_type, timestamp,"
+    " step_key, asset_key, partition) VALUES ($1::text, $2::text, $3::text, $4::timestamp,"
+    " NULL, NULL, NULL) RETURNING id)"
+    " SELECT id, pg_notify('run_events', $1::text || '_' || id) FROM ins";
+static const char SQL_RUN_END[] =
+    "UPDATE runs SET status = $2, run_body = $3, update_timestamp = $4::timestamp,"
+    " end_time = $5::float8 WHERE run_id = $1"
+    " AND status NOT IN ('SUCCESS', 'FAILURE', 'CANCELED') AND EXISTS (SELECT 1 FROM " CLAIMS
+    " c WHERE c.run_id = $1 AND c.fencing_token = $6::bigint)";
+static const char SQL_RUN_STARTING[] =
+    "UPDATE runs SET status = 'STARTING', run_body = $2, update_timestamp = $3::timestamp"
+    " WHERE run_id = $1 AND status IN ('NOT_STARTED', 'QUEUED')";
+
+/* ---- result helpers ------------------------------------------------------------------------ */
+
+static int64_t col_i64(const struct dsw_db_result *r, int row, int col)
+{
+    int64_t v = 0;
+    if (dsw_db_result_int64(r, row, col, &v) < 0)
+        return 0;
+    return v;
+}
+
+static double col_f64(const struct dsw_db_result *r, int row, int col)
+{
+    const char *v = dsw_db_result_value(r, row, col);
+    return v ? strtod(v, NULL) : 0.0;
+}
+
+static void read_claim(const struct dsw_store *s, const struct dsw_db_result *r, int row, int c,
+                       struct dsw_store_claim *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->state = claim_state_parse(dsw_db_result_value(r, row, c));
+    if (out->state == DSW_CLAIM_NONE)
+        return;
+    out->token = col_i64(r, row, c + 1);
+    out->attempt = (int)col_i64(r, row, c + 2);
+    out->kind = dsw_db_result_value(r, row, c + 3);
+    out->worker_id = dsw_db_result_value(r, row, c + 4);
+    out->message_id = dsw_db_result_value(r, row, c + 5);
+    out->receive_count = (int)col_i64(r, row, c + 6);
+    out->child_pid = (int)col_i64(r, row, c + 7);
+    out->age_s = col_f64(r, row, c + 8);
+    out->outcome = dsw_db_result_value(r, row, c + 9);
+    out->live = out->state != DSW_CLAIM_DONE && out->age_s * 1000.0 < (double)s->ttl_ms;
+}
+
+/* ---- the store ----------------------------------------------------------------------------- */
+
+int dsw_store_new(struct dsw_db *db, const struct dsw_store_opts *o, struct dsw_store **out)
+{
+    if (!db || !o || !o->worker_id || !o->hostname || o->ttl_ms < 0)
+        return -EINVAL;
+    struct dsw_store *s = dsw_xcalloc(1, sizeof(*s));
+    s->db = db;
+    s->worker_id = dsw_xstrdup(o->worker_id);
+    s->hostname = dsw_xstrdup(o->hostname);
+    s->ttl_ms = o->ttl_ms ? o->ttl_ms : 60000;
+    snprintf(s->ttl, sizeof(s->ttl), "%lld", (long long)s->ttl_ms);
+    *out = s;
+    return 0;
+}
+
+void dsw_store_free(struct dsw_store *s)
+{
+    if (!s)
+        return;
+    free(s->worker_id);
+    free(s->hostname);
+    free(s);
+}
+
+/* ---- single statements --------------------------------------------------------------------- */
+
+/* The context of a single-statement call; the union member follows the callback type. */
+struct call {
+    struct dsw_store *s;
+    union {
+        dsw_store_load_cb load;
+        dsw_store_poll_cb poll;
+        dsw_store_claim_cb claim;
+        dsw_store_cb done;
+        dsw_store_sweep_cb sweep;
+    } cb;
+    void *arg;
+    char *run_id;
+    bool takeover;
+};
+
+static struct call *call_new(struct dsw_store *s, const char *run_id, void *arg)
+{
+    struct call *c = dsw_xcalloc(1, sizeof(*c));
+    c->s = s;
+    c->arg = arg;
+    c->run_id = run_id ? dsw_xstrdup(run_id) : NULL;
+    return c;
+}
+
+static void call_free(struct call *c)
+{
+    free(c->run_id);
+    free(c);
+}
+
+static int call_query(struct call *c, const char *sql, int n, const char *const *p,
+                      dsw_db_query_cb cb)
+{
+    int r = dsw_db_query(c->s->db, sql, n, p, cb, c);
+    if (r < 0)
+        call_free(c);
+    return r;
+}
+
+static int64_t max_runtime_ms(const char *tag_value, const char *body)
+{
+    char *from_body = NULL;
+    if (!tag_value && body && dsw_dagster_body_tag(body, TAG_MAX_RUNTIME, &from_body) == 0)
+        tag_value = from_body;
+    double v = tag_value ? strtod(tag_value, NULL) : 0.0;
+    free(from_body);
+    if (!isfinite(v) || v <= 0 || v > 1e9)
+        return 0;
+    return (int64_t)llround(v * 1000.0);
+}
+
+static void on_load(int status, const struct dsw_db_result *r, void *arg)
+{
+    struct call *c = arg;
+    struct dsw_store_run run = {.run_id = c->run_id};
+    if (status == 0 && dsw_db_result_nrows(r) == 0)
+        status = -ENOENT;
+    if (status == 0) {
+        run.status_text = dsw_db_result_value(r, 0, 0);
+        run.status = dsw_store_status_parse(run.status_text);
+        run.job_name = dsw_db_result_value(r, 0, 1);
+        run.body = dsw_db_result_value(r, 0, 2);
+        run.max_runtime_ms = max_runtime_ms(dsw_db_result_value(r, 0, 3), run.body);
+        read_claim(c->s, r, 0, 4, &run.claim);
+    }
+    c->cb.load(status, status == 0 ? &run : NULL, c->arg);
+    call_free(c);
+}
+
+int dsw_store_load(struct dsw_store *s, const char *run_id, dsw_store_load_cb cb, void *arg)
+{
+    if (!run_id || !cb)
+        return -EINVAL;
+    struct call *c = call_new(s, run_id, arg);
+    c->cb.load = cb;
+    const char *p[] = {run_id, TAG_MAX_RUNTIME};
+    return call_query(c, SQL_LOAD, 2, p, on_load);
+}
+
+static void on_poll(int status, const struct dsw_db_result *r, void *arg)
+{
+    struct call *c = arg;
+    size_t n = status == 0 ? (size_t)dsw_db_result_nrows(r) : 0;
+    struct dsw_store_status_row *rows = dsw_xcalloc(n ? n : 1, sizeof(*rows));
+    for (size_t i = 0; i < n; i++) {
+        rows[i].run_id = dsw_db_result_value(r, (int)i, 0);
+        rows[i].status = dsw_store_status_parse(dsw_db_result_value(r, (int)i, 1));
+    }
+    c->cb.poll(status, rows, n, c->arg);
+    free(rows);
+    call_free(c);
+}
+
+/* A text[] literal: {"a","b"} with " and \ escaped. */
+static char *array_literal(const char *const *items, size_t n)
+{
+    size_t len = 3;
+    for (size_t i = 0; i < n; i++)
+        len += 2 * strlen(items[i]) + 3;
+    char *out = dsw_xmalloc(len), *p = out;
+    *p++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            *p++ = ',';
+        *p++ = '"';
+        for (const char *q = items[i]; *q; q++) {
+            if (*q == '"' || *q == '\\')
+                *p++ = '\\';
+            *p++ = *q;
+        }
+        *p++ = '"';
+    }
+    *p++ = '}';
+    *p = '\0';
+    return out;
+}
+
+int dsw_store_poll_status(struct dsw_store *s, const char *const *run_ids, size_t n,
+                          dsw_store_poll_cb cb, void *arg)
+{
+    if (!run_ids || n == 0 || n > POLL_MAX || !cb)
+        return -EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!run_ids[i])
+            return -EINVAL;
+    struct call *c = call_new(s, NULL, arg);
+    c->cb.poll = cb;
+    char *lit = array_literal(run_ids, n);
+    const char *p[] = {lit};
+    int r = call_query(c, SQL_POLL, 1, p, on_poll);
+    free(lit);
+    return r;
+}
+
+/* After a lost claim or takeover: report the row as it is now. */
+static void on_claim_view(int status, const struct dsw_db_result *r, void *arg)
+{
+    struct call *c = arg;
+    struct dsw_store_claim claim;
+    read_claim(c->s, r, 0, 0, &claim);
+    if (status == 0)
+        status = c->takeover ? -EBUSY : -EEXIST;
+    c->cb.claim(status, status == -EBUSY || status == -EEXIST ? &claim : NULL, c->arg);
+    call_free(c);
+}
+
+static void on_claim(int status, const struct dsw_db_result *r, void *arg)
+{
+    struct call *c = arg;
+    struct dsw_store_claim claim;
+    if (status == 0 && dsw_db_result_nrows(r) == 0) {
+        const char *p[] = {c->run_id};
+        if (dsw_db_query(c->s->db, SQL_CLAIM_VIEW, 1, p, on_claim_view, c) == 0)
+            return;
+        status = -ECANCELED;
+    }
+    read_claim(c->s, r, 0, 0, &claim);
+    c->cb.claim(status, status == 0 ? &claim : NULL, c->arg);
+    call_free(c);
+}
+
+static int check_req(const struct dsw_store_claim_req *req, dsw_store_claim_cb cb)
+{
+    if (!req || !req->run_id || !cb || !req->kind ||
+        (strcmp(req->kind, "execute") != 0 && strcmp(req->kind, "resume") != 0))
+        return -EINVAL;
+    return 0;
+}
+
+int dsw_store_claim(struct dsw_store *s, const struct dsw_store_claim_req *req,
+                    dsw_store_claim_cb cb, void *arg)
+{
+    char rc[16];
+    if (check_req(req, cb) < 0)
+        return -EINVAL;
+    snprintf(rc, sizeof(rc), "%d", req->receive_count);
+    struct call *c = call_new(s, req->run_id, arg);
+    c->cb.claim = cb;
+    const char *p[] = {req->run_id, req->kind, s->worker_id, req->message_id, rc};
+    return call_query(c, SQL_CLAIM, 5, p, on_claim);
+}
+
+int dsw_store_takeover(struct dsw_store *s, const struct dsw_store_claim_req *req,
+                       int64_t seen_token, dsw_store_claim_cb cb, void *arg)
+{
+    char rc[16], tok[24];
+    if (check_req(req, cb) < 0)
+        return -EINVAL;
+    snprintf(rc, sizeof(rc), "%d", req->receive_count);
+    snprintf(tok, sizeof(tok), "%lld", (long long)seen_token);
+    struct call *c = call_new(s, req->run_id, arg);
+    c->cb.claim = cb;
+    c->takeover = true;
+    const char *p[] = {req->run_id, tok, req->kind, s->worker_id, req->message_id, rc, s->ttl};
+    return call_query(c, SQL_TAKEOVER, 7, p, on_claim);
+}
+
+static void on_heartbeat(int status, const struct dsw_db_result *r, void *arg)
+{
+    struct call *c = arg;
+    if (status == 0 && dsw_db_result_cmd_tuples(r) != 1)
+        status = -ESTALE;
+    c->cb.done(status, c->arg);
+    call_free(c);
+}
+
+int dsw_store_heartbeat(struct dsw_store *s, const char *run_id, int64_t token, dsw_store_cb cb,
+                        void *arg)
+{
+    char tok[24];
+    if (!run_id || !cb)
+        return -EINVAL;
+    snprintf(tok, sizeof(tok), "%lld", (long long)token);
+    struct call *c = call_new(s, run_id, arg);
+    c->cb.done = cb;
+    const char *p[] = {run_id, tok};
+    return call_query(c, SQL_HEARTBEAT, 2, p, on_heartbeat);
+}
+
+static void on_sweep(int status, const struct dsw_db_result *r, void *arg)
+{
+    struct call *c = arg;
+    size_t n = status == 0 ? (size_t)dsw_db_result_nrows(r) : 0;
+    struct dsw_store_swept *items = dsw_xcalloc(n ? n : 1, sizeof(*items));
+    for (size_t i = 0; i < n; i++) {
+        int row = (int)i;
+        items[i].run_id = dsw_db_result_value(r, row, 0);
+        items[i].run_status = dsw_store_status_parse(dsw_db_result_value(r, row, 1));
+        items[i].job_name = dsw_db_result_value(r, row, 2);
+        items[i].prev_state = claim_state_parse(dsw_db_result_value(r, row, 3));
+        items[i].prev_worker_id = dsw_db_result_value(r, row, 4);
+        read_claim(c->s, r, row, 5, &items[i].claim);
+    }
+    c->cb.sweep(status, items, n, c->arg);
+    free(items);
+    call_free(c);
+}
+
+int dsw_store_sweep(struct dsw_store *s, int limit, dsw_store_sweep_cb cb, void *arg)
+{
+    char lim[16];
+    if (limit < 1 || limit > SWEEP_MAX || !cb)
+        return -EINVAL;
+    snprintf(lim, sizeof(lim), "%d", limit);
+    struct call *c = call_new(s, NULL, arg);
+    c->cb.sweep = cb;
+    const char *p[] = {s->worker_id, s->ttl, lim};
+    return call_query(c, SQL_SWEEP, 3, p, on_sweep);
+}
+
+/* ---- transactions: a step machine per write ------------------------------------------------ */
+
+enum op_kind { K_EXIT, K_OUTCOME, K_LAUNCH, K_STARTING, K_INIT, K_CHECK };
+
+struct op {
+    struct dsw_store *s;
+    enum op_kind kind;
+    struct dsw_db_txn *txn;
+    int step;
+    int status; /* reported once the rollback is done */
+    void (*fn)(struct op *o, const struct dsw_db_result *r);
+    union {
+        dsw_store_record_cb record;
+        dsw_store_cb done;
+        dsw_store_schema_cb schema;
+    } cb;
+    void *arg;
+
+    char *run_id;
+    char token[24];
+    int exit_code, term_signal, pid, receive_count;
+    double duration_s;
+    char *outcome, *cause, *message_id;
+
+    char *job_name, *body; /* read inside the transaction */
+    double now;
+    char now_naive[32];
+    struct dsw_store_record_result rr;
+    struct dsw_store_schema schema;
+    size_t mig;
+};
+
+static struct op *op_new(struct dsw_store *s, enum op_kind kind, const char *run_id, void *arg)
+{
+    struct op *o = dsw_xcalloc(1, sizeof(*o));
+    o->s = s;
+    o->kind = kind;
+    o->arg = arg;
+    o->run_id = run_id ? dsw_xstrdup(run_id) : NULL;
+    o->now = dsw_wall_time();
+    if (dsw_dagster_naive_utc(o->now, o->now_naive) < 0)
+        o->now_naive[0] = '\0';
+    o->schema.wanted = DSW_STORE_SCHEMA_VERSION;
+    return o;
+}
+
+static void op_free(struct op *o)
+{
+    free(o->run_id);
+    free(o->outcome);
+    free(o->cause);
+    free(o->message_id);
+    free(o->job_name);
+    free(o->body);
+    free(o);
+}
+
+static void op_finish(struct op *o, int status)
+{
+    switch (o->kind) {
+    case K_EXIT:
+    case K_OUTCOME:
+    case K_STARTING:
+        o->cb.record(status, status == 0 ? &o->rr : NULL, o->arg);
+        break;
+    case K_LAUNCH:
+        o->cb.done(status, o->arg);
+        break;
+    case K_INIT:
+    case K_CHECK:
+        o->cb.schema(status, &o->schema, o->arg);
+        break;
+    }
+    op_free(o);
+}
+
+static void on_rolled_back(int status, const struct dsw_db_result *r, void *arg)
+{
+    struct op *o = arg;
+    op_finish(o, o->status);
+}
+
+/* End the transaction without writing and report status (0 for "nothing to do"). */
+static void op_fail(struct op *o, int status)
+{
+    o->status = status;
+    if (dsw_db_txn_rollback(o->txn, on_rolled_back, o) < 0)
+        op_finish(o, status);
+}
+
+static void on_committed(int status, const struct dsw_db_result *r, void *arg)
+{
+    op_finish(arg, status);
+}
+
+static void op_commit(struct op *o)
+{
+    if (dsw_db_txn_commit(o->txn, on_committed, o) < 0)
+        op_finish(o, -EIO);
+}
+
+static void on_step(int status, const struct dsw_db_result *r, void *arg)
+{
+    struct op *o = arg;
+    if (status < 0)
+        op_fail(o, status);
+    else
+        o->fn(o, r);
+}
+
+/* Send the next statement; its result arrives at o->fn with o->step == next. */
+static void op_q(struct op *o, int next, const char *sql, int n, const char *const *p)
+{
+    o->step = next;
+    int r = dsw_db_txn_query(o->txn, sql, n, p, on_step, o);
+    if (r < 0)
+        op_fail(o, r);
+}
+
+static void on_begun(int status, struct dsw_db_txn *txn, void *arg)
+{
+    struct op *o = arg;
+    if (status < 0) {
+        op_finish(o, status);
+        return;
+    }
+    o->txn = txn;
+    o->fn(o, NULL);
+}
+
+static int op_start(struct op *o, void (*fn)(struct op *, const struct dsw_db_result *))
+{
+    o->fn = fn;
+    int r = dsw_db_begin(o->s->db, on_begun, o);
+    if (r < 0)
+        op_free(o);
+    return r;
+}
+
+/* Insert one event (fenced unless this is the unfenced enqueue path) and pg_notify its id. */
+static void op_event(struct op *o, int next, const char *type, char *json)
+{
+    if (!json) {
+        op_fail(o, -EINVAL);
+        return;
+    }
+    const char *p[] = {o->run_id, json, type, o->now_naive, o->token};
+    if (o->kind == K_STARTING)
+        op_q(o, next, SQL_EVENT, 4, p);
+    else
+        op_q(o, next, SQL_EVENT_FENCED, 5, p);
+    free(json);
+}
+
+/* Keep the locked run's name, body and status. */
+static int op_take_run(struct op *o, const struct dsw_db_result *r, int c_status, int c_name,
+                       int c_body)
+{
+    if (dsw_db_result_nrows(r) == 0)
+        return -ENOENT;
+    const char *name = dsw_db_result_value(r, 0, c_name);
+    o->job_name = dsw_xstrdup(name ? name : "");
+    if (c_body >= 0 && dsw_db_result_value(r, 0, c_body))
+        o->body = dsw_xstrdup(dsw_db_result_value(r, 0, c_body));
+    if (c_status >= 0)
+        o->rr.before = o->rr.after = dsw_store_status_parse(dsw_db_result_value(r, 0, c_status));
+    return 0;
+}
+
+/* The stored body with the new status; the original when it cannot be rewritten (the status
+ * column, which Dagster reads first, is updated anyway). */
+static char *body_with(struct op *o, const char *status)
+{
+    char *out = NULL;
+    if (o->body && dsw_dagster_body_set_status(o->body, status, &out) == 0)
+        return out;
+    dsw_warn("store: run %s: run_body is not a PipelineRun; status updated alone", o->run_id);
+    return o->body ? dsw_xstrdup(o->body) : NULL;
+}
+
+/* ---- record_exit / record_outcome ---------------------------------------------------------- */
+
+enum { R_BEGIN, R_CLAIM_DONE, R_CLAIM_SEEN, R_RUN_LOCKED, R_EXIT_EVENT, R_END_EVENT, R_RUN_SET };
+
+static void record_exit_event(struct op *o)
+{
+    char code[16], sig[16], pid[16], dur[32], msg[256];
+    snprintf(pid, sizeof(pid), "%d", o->pid);
+    snprintf(dur, sizeof(dur), "%.1f", o->duration_s);
+    if (o->term_signal) {
+        snprintf(code, sizeof(code), "none");
+        snprintf(sig, sizeof(sig), "%d", o->term_signal);
+        snprintf(msg, sizeof(msg),
+                 "[dagster-sqs-worker] Run worker was killed by signal %d after %s s (pid %d).",
+                 o->term_signal, dur, o->pid);
+    } else {
+        snprintf(code, sizeof(code), "%d", o->exit_code);
+        snprintf(sig, sizeof(sig), "none");
+        snprintf(msg, sizeof(msg),
+                 "[dagster-sqs-worker] Run worker exited with code %d after %s s (pid %d).",
+                 o->exit_code, dur, o->pid);
+    }
+    const struct dsw_kv meta[] = {{"exit_code", code},
+                                  {"signal", sig},
+                                  {"pid", pid},
+                                  {"worker", o->s->worker_id},
+                                  {"duration_s", dur}};
+    op_event(o, R_EXIT_EVENT, "ENGINE_EVENT",
+             dsw_dagster_engine_event(o->run_id, o->job_name, msg, meta, DSW_ARRAY_LEN(meta), -1,
+                                      o->now));
+}
+
+/* A run that is not terminal gets its terminal event: CANCELED when a cancel was asked. */
+static void record_end_event(struct op *o)
+{
+    char msg[512];
+    if (dsw_store_status_terminal(o->rr.before)) {
+        op_commit(o);
+        return;
+    }
+    bool cancel = o->rr.before == DSW_STATUS_CANCELING;
+    o->rr.after = cancel ? DSW_STATUS_CANCELED : DSW_STATUS_FAILURE;
+    snprintf(msg, sizeof(msg), "[dagster-sqs-worker] This run has been marked as %s: %s.",
+             cancel ? "canceled" : "failed", o->cause);
+    const char *type = cancel ? "PIPELINE_CANCELED" : "PIPELINE_FAILURE";
+    op_event(o, R_END_EVENT, type,
+             dsw_dagster_run_event(o->run_id, o->job_name, type, msg, -1, o->now));
+}
+
+static void record_set_run(struct op *o)
+{
+    char end[32];
+    const char *status = dsw_store_status_name(o->rr.after);
+    char *body = body_with(o, status);
+    snprintf(end, sizeof(end), "%.6f", o->now);
+    const char *p[] = {o->run_id, status, body, o->now_naive, end, o->token};
+    op_q(o, R_RUN_SET, SQL_RUN_END, 6, p);
+    free(body);
+}
+
+/* The claim was not ours to close: a lost lease, or a retry of a record that committed. */
+static void record_check_already(struct op *o, const struct dsw_db_result *r)
+{
+    const char *state = dsw_db_result_value(r, 0, 0);
+    const char *tok = dsw_db_result_value(r, 0, 1);
+    if (state && tok && strcmp(state, "done") == 0 && strcmp(tok, o->token) == 0) {
+        o->rr.already = true;
+        o->rr.before = o->rr.after = dsw_store_status_parse(dsw_db_result_value(r, 0, 2));
+        op_fail(o, 0);
+        return;
+    }
+    op_fail(o, -ESTALE);
+}
+
+static void record_step(struct op *o, const struct dsw_db_result *r)
+{
+    const char *p1[] = {o->run_id};
+    switch (o->step) {
+    case R_BEGIN: {
+        char code[16], sig[16];
+        snprintf(code, sizeof(code), "%d", o->exit_code);
+        snprintf(sig, sizeof(sig), "%d", o->term_signal);
+        bool child = o->kind == K_EXIT;
+        const char *p[] = {o->run_id, o->token, child && !o->term_signal ? code : NULL,
+                           child ? sig : NULL, o->outcome};
+        op_q(o, R_CLAIM_DONE, SQL_CLAIM_DONE, 5, p);
+        return;
+    }
+    case R_CLAIM_DONE:
+        if (dsw_db_result_nrows(r) == 0)
+            op_q(o, R_CLAIM_SEEN, SQL_CLAIM_SEEN, 1, p1);
+        else
+            op_q(o, R_RUN_LOCKED, SQL_LOCK_RUN, 1, p1);
+        return;
+    case R_CLAIM_SEEN:
+        record_check_already(o, r);
+        return;
+    case R_RUN_LOCKED:
+        if (op_take_run(o, r, 0, 1, 2) < 0)
+            op_fail(o, -ENOENT);
+        else if (o->kind == K_EXIT)
+            record_exit_event(o);
+        else
+            record_end_event(o);
+        return;
+    case R_EXIT_EVENT:
+        if (dsw_db_result_nrows(r) != 1)
+            op_fail(o, -ESTALE);
+        else
+            record_end_event(o);
+        return;
+    case R_END_EVENT:
+        if (dsw_db_result_nrows(r) != 1)
+            op_fail(o, -ESTALE);
+        else
+            record_set_run(o);
+        return;
+    case R_RUN_SET:
+        o->rr.changed = dsw_db_result_cmd_tuples(r) == 1;
+        if (!o->rr.changed)
+            op_fail(o, -ESTALE); /* the row is locked and not terminal: only the fence fails */
+        else
+            op_commit(o);
+        return;
+    }
+}
+
+int dsw_store_record_exit(struct dsw_store *s, const struct dsw_store_exit *e,
+                          dsw_store_record_cb cb, void *arg)
+{
+    char cause[160];
+    if (!e || !e->run_id || !cb)
+        return -EINVAL;
+    struct op *o = op_new(s, K_EXIT, e->run_id, arg);
+    o->cb.record = cb;
+    snprintf(o->token, sizeof(o->token), "%lld", (long long)e->token);
+    o->exit_code = e->exit_code;
+    o->term_signal = e->term_signal;
+    o->pid = e->pid;
+    o->duration_s = e->duration_s;
+    o->outcome = dsw_xstrdup(e->outcome ? e->outcome : e->term_signal ? "signaled" : "exited");
+    if (e->term_signal)
+        snprintf(cause, sizeof(cause), "run worker (pid %d) was killed by signal %d", e->pid,
+                 e->term_signal);
+    else
+        snprintf(cause, sizeof(cause), "run worker (pid %d) exited with code %d", e->pid,
+                 e->exit_code);
+    o->cause = dsw_xstrdup(e->cause ? e->cause : cause);
+    return op_start(o, record_step);
+}
+
+int dsw_store_record_outcome(struct dsw_store *s, const struct dsw_store_outcome *oc,
+                             dsw_store_record_cb cb, void *arg)
+{
+    if (!oc || !oc->run_id || !oc->cause || !oc->outcome || !cb)
+        return -EINVAL;
+    struct op *o = op_new(s, K_OUTCOME, oc->run_id, arg);
+    o->cb.record = cb;
+    snprintf(o->token, sizeof(o->token), "%lld", (long long)oc->token);
+    o->outcome = dsw_xstrdup(oc->outcome);
+    o->cause = dsw_xstrdup(oc->cause);
+    return op_start(o, record_step);
+}
+
+/* ---- record_launch ------------------------------------------------------------------------- */
+
+enum { L_BEGIN, L_CLAIMED, L_RUN, L_EVENT };
+
+static void launch_step(struct op *o, const struct dsw_db_result *r)
+{
+    char pid[16], rc[16], msg[384];
+    const char *p1[] = {o->run_id};
+    switch (o->step) {
+    case L_BEGIN: {
+        snprintf(pid, sizeof(pid), "%d", o->pid);
+        const char *p[] = {o->run_id, o->token, pid};
+        op_q(o, L_CLAIMED, SQL_CLAIM_RUNNING, 3, p);
+        return;
+    }
+    case L_CLAIMED:
+        if (dsw_db_result_cmd_tuples(r) != 1)
+            op_fail(o, -ESTALE);
+        else
+            op_q(o, L_RUN, SQL_LOCK_RUN, 1, p1);
+        return;
+    case L_RUN: {
+        if (op_take_run(o, r, 0, 1, -1) < 0) {
+            op_fail(o, -ENOENT);
+            return;
+        }
+        snprintf(rc, sizeof(rc), "%d", o->receive_count);
+        snprintf(msg, sizeof(msg), "[dagster-sqs-worker] Launching run worker on %s (pid %d).",
+                 o->s->hostname, o->pid);
+        const struct dsw_kv meta[] = {{"worker", o->s->worker_id},
+                                      {"message_id", o->message_id ? o->message_id : ""},
+                                      {"receive_count", rc}};
+        op_event(o, L_EVENT, "ENGINE_EVENT",
+                 dsw_dagster_engine_event(o->run_id, o->job_name, msg, meta, DSW_ARRAY_LEN(meta),
+                                          -1, o->now));
+        return;
+    }
+    case L_EVENT:
+        if (dsw_db_result_nrows(r) != 1)
+            op_fail(o, -ESTALE);
+        else
+            op_commit(o);
+        return;
+    }
+}
+
+int dsw_store_record_launch(struct dsw_store *s, const struct dsw_store_launch *l, dsw_store_cb cb,
+                            void *arg)
+{
+    if (!l || !l->run_id || !cb)
+        return -EINVAL;
+    struct op *o = op_new(s, K_LAUNCH, l->run_id, arg);
+    o->cb.done = cb;
+    snprintf(o->token, sizeof(o->token), "%lld", (long long)l->token);
+    o->pid = l->child_pid;
+    o->receive_count = l->receive_count;
+    o->message_id = l->message_id ? dsw_xstrdup(l->message_id) : NULL;
+    return op_start(o, launch_step);
+}
+
+/* ---- mark_starting (enqueue) --------------------------------------------------------------- */
+
+enum { M_BEGIN, M_LOCKED, M_EVENT, M_SET };
+
+static void starting_step(struct op *o, const struct dsw_db_result *r)
+{
+    const char *p1[] = {o->run_id};
+    switch (o->step) {
+    case M_BEGIN:
+        op_q(o, M_LOCKED, SQL_LOCK_RUN, 1, p1);
+        return;
+    case M_LOCKED:
+        if (op_take_run(o, r, 0, 1, 2) < 0)
+            op_fail(o, -ENOENT);
+        else if (o->rr.before != DSW_STATUS_NOT_STARTED && o->rr.before != DSW_STATUS_QUEUED)
+            op_fail(o, 0);
+        else
+            op_event(o, M_EVENT, "PIPELINE_STARTING",
+                     dsw_dagster_run_event(o->run_id, o->job_name, "PIPELINE_STARTING", NULL, -1,
+                                           o->now));
+        return;
+    case M_EVENT: {
+        char *body = body_with(o, "STARTING");
+        const char *p[] = {o->run_id, body, o->now_naive};
+        op_q(o, M_SET, SQL_RUN_STARTING, 3, p);
+        free(body);
+        return;
+    }
+    case M_SET:
+        o->rr.changed = dsw_db_result_cmd_tuples(r) == 1;
+        if (o->rr.changed)
+            o->rr.after = DSW_STATUS_STARTING;
+        op_commit(o);
+        return;
+    }
+}
+
+int dsw_store_mark_starting(struct dsw_store *s, const char *run_id, dsw_store_record_cb cb,
+                            void *arg)
+{
+    if (!run_id || !cb)
+        return -EINVAL;
+    struct op *o = op_new(s, K_STARTING, run_id, arg);
+    o->cb.record = cb;
+    return op_start(o, starting_step);
+}
+
+/* ---- schema -------------------------------------------------------------------------------- */
+
+enum { V_BEGIN, V_LOCKED, V_HAS, V_VERSION, V_MIGRATE, V_RECORDED };
+
+static void schema_decide(struct op *o)
+{
+    int found = o->schema.found, wanted = o->schema.wanted;
+    if (o->kind == K_CHECK) {
+        op_fail(o, found == wanted ? 0 : found == 0 ? -ENOENT : -EPROTO);
+        return;
+    }
+    if (found > wanted) {
+        op_fail(o, -EPROTO);
+        return;
+    }
+    if (found == wanted) {
+        op_fail(o, 0);
+        return;
+    }
+    /* Version 1 is the only migration so far; later ones append to this chain. */
+    o->mig = 0;
+    op_q(o, V_MIGRATE, migration_v1[0], 0, NULL);
+}
+
+static void schema_step(struct op *o, const struct dsw_db_result *r)
+{
+    char v[16];
+    switch (o->step) {
+    case V_BEGIN:
+        if (o->kind == K_INIT) {
+            const char *p[] = {INIT_LOCK_KEY};
+            op_q(o, V_LOCKED, SQL_INIT_LOCK, 1, p);
+            return;
+        }
+        /* The check takes no lock. */
+        /* FALLTHROUGH */
+    case V_LOCKED:
+        op_q(o, V_HAS, SQL_HAS_SCHEMA, 0, NULL);
+        return;
+    case V_HAS:
+        if (dsw_db_result_bool(r, 0, 0))
+            op_q(o, V_VERSION, SQL_SCHEMA_VERSION, 0, NULL);
+        else
+            schema_decide(o);
+        return;
+    case V_VERSION:
+        o->schema.found = (int)col_i64(r, 0, 0);
+        schema_decide(o);
+        return;
+    case V_MIGRATE:
+        if (++o->mig < DSW_ARRAY_LEN(migration_v1)) {
+            op_q(o, V_MIGRATE, migration_v1[o->mig], 0, NULL);
+            return;
+        }
+        snprintf(v, sizeof(v), "%d", o->schema.wanted);
+        const char *p[] = {v};
+        op_q(o, V_RECORDED, SQL_SET_VERSION, 1, p);
+        return;
+    case V_RECORDED:
+        dsw_info("store: schema " SCHEMA " upgraded from version %d to %d", o->schema.found,
+                 o->schema.wanted);
+        op_commit(o);
+        return;
+    }
+}
+
+int dsw_store_db_init(struct dsw_store *s, dsw_store_schema_cb cb, void *arg)
+{
+    if (!cb)
+        return -EINVAL;
+    struct op *o = op_new(s, K_INIT, NULL, arg);
+    o->cb.schema = cb;
+    return op_start(o, schema_step);
+}
+
+int dsw_store_check_schema(struct dsw_store *s, dsw_store_schema_cb cb, void *arg)
+{
+    if (!cb)
+        return -EINVAL;
+    struct op *o = op_new(s, K_CHECK, NULL, arg);
+    o->cb.schema = cb;
+    return op_start(o, schema_step);
+}
