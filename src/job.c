@@ -15,9 +15,9 @@ bool dsw_job_status_terminal(const char *status)
     return is(status, "SUCCESS") || is(status, "FAILURE") || is(status, "CANCELED");
 }
 
-static bool unowned(enum dsw_claim_state c)
+static bool unowned(enum dsw_job_claim c)
 {
-    return c != DSW_CLAIM_LIVE;
+    return c != DSW_JOB_CLAIM_LIVE;
 }
 
 enum dsw_job_action dsw_job_decide(const struct dsw_job_facts *f)
@@ -25,7 +25,7 @@ enum dsw_job_action dsw_job_decide(const struct dsw_job_facts *f)
     const char *s = f->status;
     if (dsw_job_status_terminal(s))
         return DSW_JOB_DELETE_TERMINAL;
-    if (f->claim == DSW_CLAIM_LIVE)
+    if (f->claim == DSW_JOB_CLAIM_LIVE)
         return f->claim_same_message ? DSW_JOB_DEFER_OWNED : DSW_JOB_DELETE_DUPLICATE;
     if (is(s, "CANCELING"))
         return DSW_JOB_RECORD_CANCELED;

@@ -9,11 +9,11 @@
 #include <stdbool.h>
 
 /* The claim a run has in dagster_sqs_worker.run_claims, as seen with the database's clock. */
-enum dsw_claim_state {
-    DSW_CLAIM_NONE,  /* no row */
-    DSW_CLAIM_LIVE,  /* not done, heartbeat younger than claims.ttl */
-    DSW_CLAIM_STALE, /* not done, heartbeat older than claims.ttl */
-    DSW_CLAIM_DONE,  /* an earlier attempt finished and recorded its outcome */
+enum dsw_job_claim {
+    DSW_JOB_CLAIM_NONE,  /* no row */
+    DSW_JOB_CLAIM_LIVE,  /* not done, heartbeat younger than claims.ttl */
+    DSW_JOB_CLAIM_STALE, /* not done, heartbeat older than claims.ttl */
+    DSW_JOB_CLAIM_DONE,  /* an earlier attempt finished and recorded its outcome */
 };
 
 enum dsw_job_action {
@@ -32,7 +32,7 @@ enum dsw_job_action {
 
 struct dsw_job_facts {
     const char *status;         /* runs.status */
-    enum dsw_claim_state claim; /* the run's claim */
+    enum dsw_job_claim claim; /* the run's claim */
     bool claim_same_message;    /* the claim's message_id is this message's id */
     int receive_count;          /* ApproximateReceiveCount of this delivery */
     int max_receives;           /* runs.max_receives */

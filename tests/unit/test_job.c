@@ -6,14 +6,14 @@
 #include <stdio.h>
 #include <string.h>
 
-#define N DSW_CLAIM_NONE
-#define L DSW_CLAIM_LIVE
-#define S DSW_CLAIM_STALE
-#define D DSW_CLAIM_DONE
+#define N DSW_JOB_CLAIM_NONE
+#define L DSW_JOB_CLAIM_LIVE
+#define S DSW_JOB_CLAIM_STALE
+#define D DSW_JOB_CLAIM_DONE
 
 struct row {
     const char *status;
-    enum dsw_claim_state claim;
+    enum dsw_job_claim claim;
     bool same;
     int receives;
     bool resume_req, resume_on;
