@@ -18,11 +18,13 @@
 static int open_sqs(struct dsw_clients *c)
 {
     const struct dsw_conf *conf = c->conf;
-    char endpoint[512];
-    if (!dsw_conf_region(conf, c->region, sizeof(c->region))) {
+    char endpoint[512], buf[64];
+    const char *region = dsw_conf_region(conf, buf, sizeof(buf));
+    if (!region) {
         dsw_error("no AWS region: set queue.region or AWS_REGION");
         return -EINVAL;
     }
+    dsw_strlcpy(c->region, region, sizeof(c->region));
     if (conf->queue.endpoint)
         dsw_strlcpy(endpoint, conf->queue.endpoint, sizeof(endpoint));
     else
@@ -36,7 +38,7 @@ static int open_sqs(struct dsw_clients *c)
     struct dsw_aws_opts ao = {.region = c->region, .service = "sqs"};
     rc = dsw_aws_init(&c->aws, c->loop, c->http, &ao);
     if (rc) {
-        dsw_error("cannot set up AWS credentials: %s", strerror(-rc));
+        dsw_error("cannot set up the AWS credential chain (%s)", strerror(-rc));
         return rc;
     }
     c->open_count++;
@@ -68,9 +70,8 @@ static int open_db(struct dsw_clients *c)
         return rc;
     }
     c->open_count++;
-    struct dsw_store_opts so = {.worker_id = c->worker_id,
-                                .hostname = c->hostname,
-                                .ttl_ms = conf->claims.ttl_ms};
+    struct dsw_store_opts so = {
+        .worker_id = c->worker_id, .hostname = c->hostname, .ttl_ms = conf->claims.ttl_ms};
     rc = dsw_store_new(c->db, &so, &c->store);
     if (rc) {
         dsw_error("cannot set up the store: %s", strerror(-rc));

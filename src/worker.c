@@ -95,6 +95,7 @@ struct worker {
     bool stopped;
     bool db_up;
     bool ready_sent;
+    bool started; /* the schema check passed: receiving may begin */
     int exit_code;
     uint64_t receive_retry_ms;
     uv_signal_t sig_term, sig_int, sig_hup;
@@ -102,7 +103,6 @@ struct worker {
     bool cancel_poll_busy, sweep_busy, visibility_busy;
 };
 
-static void job_next(struct job *j);
 static void job_finish(struct job *j);
 static void maybe_receive(struct worker *w);
 static void maybe_stop(struct worker *w);
@@ -229,7 +229,8 @@ static void job_set_visibility(struct job *j, int visibility_s, const char *why)
     else
         dsw_metrics_inc(DSW_METRIC_MESSAGES_DELETED, NULL, 0);
     jlog(DSW_LOG_INFO, j, why, "message visible again in %d s (%s)", visibility_s, why);
-    struct dsw_sqs_entry e = {.id = "m", .receipt_handle = j->receipt, .visibility_s = visibility_s};
+    struct dsw_sqs_entry e = {
+        .id = "m", .receipt_handle = j->receipt, .visibility_s = visibility_s};
     if (dsw_sqs_change_visibility_batch(j->w->cl.sqs, j->w->conf->queue.url, &e, 1,
                                         on_visibility_set, j))
         job_done(j);
@@ -248,8 +249,7 @@ static void on_quarantined(int status, const char *message_id, void *arg)
     if (status) {
         /* Keep the original: it comes back and is tried again, nothing is lost. */
         jlog(DSW_LOG_ERROR, j, "quarantine_failed",
-             "could not move the rejected message to the quarantine queue (%s)",
-             strerror(-status));
+             "could not move the rejected message to the quarantine queue (%s)", strerror(-status));
         job_set_visibility(j, secs(j->w->conf->runs.requeue_delay_ms), "quarantine_failed");
         return;
     }
@@ -369,8 +369,8 @@ static void on_child_line(struct dsw_proc *p, enum dsw_proc_stream stream, const
                           size_t len, int truncated, void *arg)
 {
     struct job *j = arg;
-    jlog(DSW_LOG_INFO, j, stream == DSW_PROC_STDOUT ? "child_stdout" : "child_stderr", "%s%s",
-         line, truncated ? " [truncated]" : "");
+    jlog(DSW_LOG_INFO, j, stream == DSW_PROC_STDOUT ? "child_stdout" : "child_stderr", "%s%s", line,
+         truncated ? " [truncated]" : "");
 }
 
 static void on_child_drop(struct dsw_proc *p, uint64_t n, void *arg)
@@ -491,8 +491,8 @@ static void job_spawn(struct job *j)
     struct worker *w = j->w;
     const struct dsw_conf *conf = w->conf;
     char *origin = NULL, *json = NULL, **env = NULL;
-    const char *iref = conf->runs.instance_ref == DSW_INSTANCE_REF_FORWARD ? j->req.instance_ref
-                                                                          : NULL;
+    const char *iref =
+        conf->runs.instance_ref == DSW_INSTANCE_REF_FORWARD ? j->req.instance_ref : NULL;
     int rc = dsw_dagster_body_origin(j->body, &origin, NULL, NULL);
     if (!rc)
         rc = dsw_dagster_run_args(j->req.run_id, origin, iref, j->action == DSW_JOB_RESUME, &json);
@@ -523,8 +523,7 @@ static void job_spawn(struct job *j)
     free_strv(argv);
     dsw_proc_env_free(env);
     if (rc) {
-        jlog(DSW_LOG_ERROR, j, "spawn_failed", "could not start the run worker: %s",
-             strerror(-rc));
+        jlog(DSW_LOG_ERROR, j, "spawn_failed", "could not start the run worker: %s", strerror(-rc));
         record_outcome(j, "spawn_failed", "dagster-sqs-worker could not start the run worker.");
         return;
     }
@@ -587,6 +586,12 @@ static void job_claim(struct job *j)
         on_claimed(rc, NULL, j);
 }
 
+static void on_released(int status, void *arg)
+{
+    if (status)
+        dsw_warn("could not release a claim (%s); it will go stale", strerror(-status));
+}
+
 /* With the claim held (token), carry out the decision. */
 static void job_act(struct job *j)
 {
@@ -595,7 +600,10 @@ static void job_act(struct job *j)
     case DSW_JOB_EXECUTE:
     case DSW_JOB_RESUME:
         if (j->w->draining) {
-            /* Not started: the claim goes stale and the message comes back at once. */
+            /* Not started: give the claim and the message back at once. */
+            if (dsw_store_release(j->w->cl.store, j->req.run_id, j->token, on_released, NULL))
+                dsw_warn("could not release the claim; it will go stale");
+            j->token = 0;
             job_set_visibility(j, 0, "released");
             return;
         }
@@ -724,16 +732,16 @@ static void job_load(uv_timer_t *t)
 }
 
 /* A new message (or exec body): decode, then load. */
-static void job_start(struct job *j, const struct dsw_sqs_message *m, const char *body,
-                      size_t len)
+static void job_start(struct job *j, const struct dsw_sqs_message *m, const char *body, size_t len)
 {
     const struct dsw_conf *conf = j->w->conf;
     dsw_short_hash(body, len, j->hash);
     struct dsw_msg_attr attrs[16];
     size_t na = 0;
     for (size_t i = 0; m && i < m->nattrs && na < DSW_ARRAY_LEN(attrs); i++, na++)
-        attrs[na] = (struct dsw_msg_attr){
-            .name = m->attrs[i].name, .data_type = m->attrs[i].data_type, .value = m->attrs[i].value};
+        attrs[na] = (struct dsw_msg_attr){.name = m->attrs[i].name,
+                                          .data_type = m->attrs[i].data_type,
+                                          .value = m->attrs[i].value};
     struct dsw_msg_opts o = {.max_body = (size_t)conf->queue.max_body,
                              .strict_run_id = conf->runs.strict_run_id,
                              .attrs = attrs,
@@ -746,11 +754,6 @@ static void job_start(struct job *j, const struct dsw_sqs_message *m, const char
     jlog(DSW_LOG_INFO, j, "receive", "%s request (%s form), receive count %d",
          dsw_msg_kind_name(j->req.kind), dsw_msg_form_name(j->req.form), j->receive_count);
     job_load(&j->retry);
-}
-
-static void job_next(struct job *j)
-{
-    (void)j;
 }
 
 /* ---- receiving -------------------------------------------------------------------------- */
@@ -812,8 +815,8 @@ static void on_received(int status, const struct dsw_sqs_message *msgs, size_t n
 static void maybe_receive(struct worker *w)
 {
     const struct dsw_conf *conf = w->conf;
-    if (w->receiving || w->draining || w->stopped || !w->db_up || w->mode == DSW_WORKER_EXEC ||
-        uv_is_active((uv_handle_t *)&w->t_receive))
+    if (!w->started || w->receiving || w->draining || w->stopped || !w->db_up ||
+        w->mode == DSW_WORKER_EXEC || uv_is_active((uv_handle_t *)&w->t_receive))
         return;
     if (w->mode == DSW_WORKER_ONCE && w->received_once)
         return;
@@ -862,11 +865,11 @@ static void on_visibility_timer(uv_timer_t *t)
     int vis = secs(w->conf->queue.visibility_timeout_ms);
     for (struct job *j = w->jobs; j; j = j->next) {
         if (!j->has_message || j->state == J_FINISHING ||
-            (int64_t)(now - j->received_ms) + w->conf->queue.visibility_timeout_ms >
-                SQS_MAX_VIS_MS)
+            (int64_t)(now - j->received_ms) + w->conf->queue.visibility_timeout_ms > SQS_MAX_VIS_MS)
             continue;
         snprintf(ids[n], sizeof(ids[n]), "e%zu", n);
-        e[n] = (struct dsw_sqs_entry){.id = ids[n], .receipt_handle = j->receipt, .visibility_s = vis};
+        e[n] =
+            (struct dsw_sqs_entry){.id = ids[n], .receipt_handle = j->receipt, .visibility_s = vis};
         if (++n == DSW_SQS_MAX_BATCH || !j->next) {
             if (dsw_sqs_change_visibility_batch(w->cl.sqs, w->conf->queue.url, e, n, on_extended,
                                                 w) == 0)
@@ -874,8 +877,8 @@ static void on_visibility_timer(uv_timer_t *t)
             n = 0;
         }
     }
-    if (n && dsw_sqs_change_visibility_batch(w->cl.sqs, w->conf->queue.url, e, n, on_extended,
-                                             w) == 0)
+    if (n &&
+        dsw_sqs_change_visibility_batch(w->cl.sqs, w->conf->queue.url, e, n, on_extended, w) == 0)
         w->visibility_busy = true;
 }
 
@@ -995,8 +998,8 @@ static void on_swept(int status, const struct dsw_store_swept *items, size_t n, 
             o.cause = NULL;
         }
         int rc = o.cause ? dsw_store_record_outcome(w->cl.store, &o, on_swept_recorded, s)
-                         : dsw_store_release(w->cl.store, it->run_id, it->claim.token,
-                                             (dsw_store_cb)NULL, NULL);
+                         : dsw_store_release(w->cl.store, it->run_id, it->claim.token, on_released,
+                                             NULL);
         if (!o.cause || rc) {
             free(s->run_id);
             free(s);
@@ -1063,9 +1066,8 @@ static void start_drain(struct worker *w, const char *why)
     dsw_info("%s: draining (%d job(s) in progress)", why, w->njobs);
     int rc = dsw_notify_stopping();
     (void)rc;
-    rc = dsw_notify_extend_timeout((uint64_t)(w->conf->runs.drain_timeout_ms +
-                                              w->conf->runs.kill_grace_ms + 30000) *
-                                   1000);
+    rc = dsw_notify_extend_timeout(
+        (uint64_t)(w->conf->runs.drain_timeout_ms + w->conf->runs.kill_grace_ms + 30000) * 1000);
     (void)rc;
     if (w->cl.sqs)
         dsw_sqs_cancel_receives(w->cl.sqs);
@@ -1147,6 +1149,7 @@ static void start_timer(struct worker *w, uv_timer_t *t, uv_timer_cb cb, int64_t
 static void go(struct worker *w)
 {
     const struct dsw_conf *c = w->conf;
+    w->started = true;
     if (w->mode != DSW_WORKER_EXEC)
         start_timer(w, &w->t_visibility, on_visibility_timer, c->queue.heartbeat_ms);
     start_timer(w, &w->t_lease, on_lease_timer, c->claims.heartbeat_ms);

@@ -41,7 +41,8 @@ struct dsw_clients {
 };
 
 /* Open what needs (enum dsw_clients_need bits) asks for on loop. c is caller memory that must
- * stay valid until the close callback; only the callback members are read from it. 0, or a negative errno with the reason logged. */
+ * stay valid until the close callback; only the callback members are read from it. 0, or a negative
+ * errno with the reason logged. */
 int dsw_clients_open(struct dsw_clients *c, uv_loop_t *loop, const struct dsw_conf *conf,
                      unsigned needs) DSW_WUR;
 

@@ -31,15 +31,15 @@ enum dsw_job_action {
 };
 
 struct dsw_job_facts {
-    const char *status;         /* runs.status */
+    const char *status;       /* runs.status */
     enum dsw_job_claim claim; /* the run's claim */
-    bool claim_same_message;    /* the claim's message_id is this message's id */
-    int receive_count;          /* ApproximateReceiveCount of this delivery */
-    int max_receives;           /* runs.max_receives */
-    bool resume_requested;      /* the message is a resume_job / ResumeRunArgs */
-    bool resume_enabled;        /* runs.resume */
-    int resumes_done;           /* resume attempts already made for this run */
-    int max_resumes;            /* runs.max_resumes */
+    bool claim_same_message;  /* the claim's message_id is this message's id */
+    int receive_count;        /* ApproximateReceiveCount of this delivery */
+    int max_receives;         /* runs.max_receives */
+    bool resume_requested;    /* the message is a resume_job / ResumeRunArgs */
+    bool resume_enabled;      /* runs.resume */
+    int resumes_done;         /* resume attempts already made for this run */
+    int max_resumes;          /* runs.max_resumes */
 };
 
 /* The SPEC §4 decision. The give-up row is checked before the rows that would start a child,
