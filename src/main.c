@@ -1,7 +1,10 @@
 /* main: the command line (SPEC §9): global options, one command, and the exit codes
  * 0 ok, 1 runtime failure, 64 usage, 69 a dependency unreachable, 78 configuration. */
+#include "dsw/admin.h"
 #include "dsw/conf.h"
 #include "dsw/log.h"
+#include "dsw/proc.h"
+#include "dsw/worker.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -152,11 +155,8 @@ static int cmd_check_config(const struct cli *cli, const struct dsw_conf *conf)
     int rc = require(conf, DSW_CONF_NEED_QUEUE | DSW_CONF_NEED_DB | DSW_CONF_NEED_RUNS);
     if (rc)
         return rc;
-    if (cli->connect) {
-        fprintf(stderr, "dagster-sqs-worker: check-config --connect is not available yet "
-                        "(it arrives with the worker)\n");
-        return EXIT_FAIL;
-    }
+    if (cli->connect)
+        return dsw_admin_check_connect(conf);
     const char *last = NULL;
     dsw_conf_visit(conf, print_key, &last);
     fprintf(stderr, "dagster-sqs-worker: configuration %s is valid\n",
@@ -164,15 +164,33 @@ static int cmd_check_config(const struct cli *cli, const struct dsw_conf *conf)
     return EXIT_OK;
 }
 
-static int cmd_not_yet(const struct cli *cli)
+/* What each command needs from the configuration, and its body. */
+static int dispatch(const struct cli *cli, const struct dsw_conf *conf)
 {
-    fprintf(stderr, "dagster-sqs-worker: the '%s' command is not available yet in this build\n",
-            cli->command);
-    return EXIT_FAIL;
+    const char *c = cli->command;
+    if (strcmp(c, "check-config") == 0)
+        return cmd_check_config(cli, conf);
+    if (strcmp(c, "db-init") == 0)
+        return require(conf, DSW_CONF_NEED_DB) ?: dsw_admin_db_init(conf);
+    if (strcmp(c, "exec") == 0)
+        return require(conf, DSW_CONF_NEED_DB | DSW_CONF_NEED_RUNS)
+                   ?: dsw_worker_main(conf, DSW_WORKER_EXEC, cli->argv[0]);
+    unsigned all = DSW_CONF_NEED_QUEUE | DSW_CONF_NEED_DB | DSW_CONF_NEED_RUNS;
+    if (strcmp(c, "enqueue") == 0)
+        return require(conf, DSW_CONF_NEED_QUEUE | DSW_CONF_NEED_DB)
+                   ?: dsw_admin_enqueue(conf, cli->argv[0]);
+    if (strcmp(c, "status") == 0)
+        return require(conf, DSW_CONF_NEED_QUEUE | DSW_CONF_NEED_DB) ?: dsw_admin_status(conf);
+    if (strcmp(c, "once") == 0)
+        return require(conf, all) ?: dsw_worker_main(conf, DSW_WORKER_ONCE, NULL);
+    return require(conf, all) ?: dsw_worker_main(conf, DSW_WORKER_RUN, NULL);
 }
 
 int main(int argc, char **argv)
 {
+    /* The child trampoline (PR_SET_PDEATHSIG, then exec) runs before anything else. */
+    if (argc > 1 && strcmp(argv[1], DSW_PROC_TRAMPOLINE_ARG) == 0)
+        return dsw_proc_trampoline_main(argc, argv);
     static const char *const commands[] = {"run",  "check-config", "db-init", "once",
                                            "exec", "enqueue",      "status"};
     struct cli cli = {0};
@@ -194,10 +212,7 @@ int main(int argc, char **argv)
         free(cli.argv);
         return rc;
     }
-    if (strcmp(cli.command, "check-config") == 0)
-        rc = cmd_check_config(&cli, &conf);
-    else
-        rc = cmd_not_yet(&cli);
+    rc = dispatch(&cli, &conf);
     dsw_conf_free(&conf);
     free(cli.argv);
     return rc;

@@ -136,6 +136,13 @@ static const char SQL_TAKEOVER[] =
 static const char SQL_HEARTBEAT[] =
     "UPDATE " CLAIMS " SET heartbeat_at = now()"
     " WHERE run_id = $1 AND fencing_token = $2::bigint AND state <> 'done'";
+static const char SQL_SUMMARY[] =
+    "SELECT worker_id, state, count(*) FILTER (WHERE heartbeat_at >= now() - $1::bigint *"
+    " interval '1 millisecond'), count(*) FILTER (WHERE heartbeat_at < now() - $1::bigint *"
+    " interval '1 millisecond') FROM " CLAIMS " WHERE state <> 'done' GROUP BY 1, 2 ORDER BY 1, 2"
+    " LIMIT 1000";
+static const char SQL_RELEASE[] =
+    "DELETE FROM " CLAIMS " WHERE run_id = $1 AND fencing_token = $2::bigint AND state <> 'done'";
 static const char SQL_SWEEP[] =
     "UPDATE " CLAIMS " AS c SET fencing_token = " FENCE ", worker_id = $1, state = 'claimed',"
     " attempt = c.attempt + 1, child_pid = NULL, claimed_at = now(), heartbeat_at = now()"
@@ -251,6 +258,7 @@ struct call {
         dsw_store_claim_cb claim;
         dsw_store_cb done;
         dsw_store_sweep_cb sweep;
+        dsw_store_summary_cb summary;
     } cb;
     void *arg;
     char *run_id;
@@ -459,6 +467,46 @@ int dsw_store_heartbeat(struct dsw_store *s, const char *run_id, int64_t token, 
     c->cb.done = cb;
     const char *p[] = {run_id, tok};
     return call_query(c, SQL_HEARTBEAT, 2, p, on_heartbeat);
+}
+
+int dsw_store_release(struct dsw_store *s, const char *run_id, int64_t token, dsw_store_cb cb,
+                      void *arg)
+{
+    char tok[24];
+    if (!run_id || !cb)
+        return -EINVAL;
+    snprintf(tok, sizeof(tok), "%lld", (long long)token);
+    struct call *c = call_new(s, run_id, arg);
+    c->cb.done = cb;
+    const char *p[] = {run_id, tok};
+    return call_query(c, SQL_RELEASE, 2, p, on_heartbeat);
+}
+
+static void on_summary(int status, const struct dsw_db_result *r, void *arg)
+{
+    struct call *c = arg;
+    size_t n = status == 0 ? (size_t)dsw_db_result_nrows(r) : 0;
+    struct dsw_store_summary_row *rows = dsw_xcalloc(n ? n : 1, sizeof(*rows));
+    for (size_t i = 0; i < n; i++) {
+        int64_t v = 0;
+        rows[i].worker_id = dsw_db_result_value(r, (int)i, 0);
+        rows[i].state = claim_state_parse(dsw_db_result_value(r, (int)i, 1));
+        rows[i].live = dsw_db_result_int64(r, (int)i, 2, &v) == 0 ? v : 0;
+        rows[i].stale = dsw_db_result_int64(r, (int)i, 3, &v) == 0 ? v : 0;
+    }
+    c->cb.summary(status, rows, n, c->arg);
+    free(rows);
+    call_free(c);
+}
+
+int dsw_store_claims_summary(struct dsw_store *s, dsw_store_summary_cb cb, void *arg)
+{
+    if (!cb)
+        return -EINVAL;
+    struct call *c = call_new(s, NULL, arg);
+    c->cb.summary = cb;
+    const char *p[] = {s->ttl};
+    return call_query(c, SQL_SUMMARY, 1, p, on_summary);
 }
 
 static void on_sweep(int status, const struct dsw_db_result *r, void *arg)

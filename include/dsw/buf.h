@@ -21,7 +21,7 @@ void dsw_buf_init(struct dsw_buf *b, size_t max);
 int dsw_buf_append(struct dsw_buf *b, const void *p, size_t n) DSW_WUR;
 int dsw_buf_puts(struct dsw_buf *b, const char *s) DSW_WUR;
 int dsw_buf_printf(struct dsw_buf *b, const char *fmt, ...) DSW_PRINTF(2, 3) DSW_WUR;
-int dsw_buf_vprintf(struct dsw_buf *b, const char *fmt, va_list ap) DSW_WUR;
+int dsw_buf_vprintf(struct dsw_buf *b, const char *fmt, va_list ap) DSW_PRINTF(2, 0) DSW_WUR;
 /* The contents as a C string ("" when empty); valid until the next modification. */
 const char *dsw_buf_str(const struct dsw_buf *b);
 /* Drop the contents, keep the memory. */

@@ -164,6 +164,13 @@ typedef void (*dsw_store_cb)(int status, void *arg);
 int dsw_store_heartbeat(struct dsw_store *s, const char *run_id, int64_t token, dsw_store_cb cb,
                         void *arg) DSW_WUR;
 
+/* Give a claim up without an outcome (a child was never started: drain, or a dead worker's
+ * claim found by the sweeper): the row is deleted where run_id and token match and it is not
+ * done, so the run's next message claims it afresh. cb status 0, -ESTALE (not ours any more),
+ * or a db error. */
+int dsw_store_release(struct dsw_store *s, const char *run_id, int64_t token, dsw_store_cb cb,
+                      void *arg) DSW_WUR;
+
 /* One claim the sweeper took over: the new token (claim.token, state CLAIMED), what the row
  * held before (prev_state, prev_worker_id), and the run's status at that time. */
 struct dsw_store_swept {
@@ -181,6 +188,18 @@ typedef void (*dsw_store_sweep_cb)(int status, const struct dsw_store_swept *ite
  * when several run at once. The caller now owns each returned claim and must close it
  * (dsw_store_record_outcome, or hand it to a resume). 0 or -EINVAL. */
 int dsw_store_sweep(struct dsw_store *s, int limit, dsw_store_sweep_cb cb, void *arg) DSW_WUR;
+
+/* Unfinished claims per owner and state, for `status`: live (heartbeat younger than ttl) and
+ * stale counts. At most 1000 rows. */
+struct dsw_store_summary_row {
+    const char *worker_id;
+    enum dsw_store_claim_state state;
+    int64_t live;
+    int64_t stale;
+};
+typedef void (*dsw_store_summary_cb)(int status, const struct dsw_store_summary_row *rows, size_t n,
+                                     void *arg);
+int dsw_store_claims_summary(struct dsw_store *s, dsw_store_summary_cb cb, void *arg) DSW_WUR;
 
 /* ---- writes: every one is one transaction fenced by the token ----------------------------- */
 

@@ -1,0 +1,108 @@
+/* job: every row of the SPEC §4 decision table, including the order between rows. */
+#include "testutil.h"
+
+#include "dsw/job.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define N DSW_JOB_CLAIM_NONE
+#define L DSW_JOB_CLAIM_LIVE
+#define S DSW_JOB_CLAIM_STALE
+#define D DSW_JOB_CLAIM_DONE
+
+struct row {
+    const char *status;
+    enum dsw_job_claim claim;
+    bool same;
+    int receives;
+    bool resume_req, resume_on;
+    int resumes_done;
+    enum dsw_job_action want;
+};
+
+static const struct row rows[] = {
+    /* terminal: delete whatever the claim */
+    {"SUCCESS", N, 0, 1, 0, 0, 0, DSW_JOB_DELETE_TERMINAL},
+    {"FAILURE", L, 1, 1, 0, 0, 0, DSW_JOB_DELETE_TERMINAL},
+    {"CANCELED", S, 0, 9, 0, 0, 0, DSW_JOB_DELETE_TERMINAL},
+    {"SUCCESS", D, 0, 99, 0, 0, 0, DSW_JOB_DELETE_TERMINAL},
+    /* launched, unclaimed: execute */
+    {"NOT_STARTED", N, 0, 1, 0, 0, 0, DSW_JOB_EXECUTE},
+    {"STARTING", N, 0, 1, 0, 0, 0, DSW_JOB_EXECUTE},
+    {"STARTING", D, 0, 2, 0, 0, 0, DSW_JOB_EXECUTE},
+    /* a live owner: duplicate message deleted, our own message deferred */
+    {"STARTING", L, 0, 1, 0, 0, 0, DSW_JOB_DELETE_DUPLICATE},
+    {"STARTED", L, 0, 1, 0, 0, 0, DSW_JOB_DELETE_DUPLICATE},
+    {"CANCELING", L, 0, 1, 0, 0, 0, DSW_JOB_DELETE_DUPLICATE},
+    {"QUEUED", L, 0, 1, 0, 0, 0, DSW_JOB_DELETE_DUPLICATE},
+    {"STARTED", L, 1, 2, 0, 0, 0, DSW_JOB_DEFER_OWNED},
+    {"NOT_STARTED", L, 1, 7, 0, 0, 0, DSW_JOB_DEFER_OWNED},
+    /* stale owner that never started it: take over and execute */
+    {"STARTING", S, 0, 2, 0, 0, 0, DSW_JOB_EXECUTE},
+    {"NOT_STARTED", S, 1, 2, 0, 0, 0, DSW_JOB_EXECUTE},
+    /* STARTED with no live owner: resume when allowed, else record the loss */
+    {"STARTED", S, 0, 2, 0, 1, 0, DSW_JOB_RESUME},
+    {"STARTED", N, 0, 2, 0, 1, 0, DSW_JOB_RESUME},
+    {"STARTED", S, 0, 2, 1, 0, 0, DSW_JOB_RESUME},
+    {"STARTED", S, 0, 2, 0, 1, 1, DSW_JOB_RECORD_LOST},
+    {"STARTED", S, 0, 2, 0, 0, 0, DSW_JOB_RECORD_LOST},
+    {"STARTED", N, 0, 1, 0, 0, 0, DSW_JOB_RECORD_LOST},
+    {"STARTED", D, 0, 1, 0, 0, 0, DSW_JOB_RECORD_LOST},
+    /* CANCELING with no live owner */
+    {"CANCELING", N, 0, 1, 0, 0, 0, DSW_JOB_RECORD_CANCELED},
+    {"CANCELING", S, 0, 9, 0, 0, 0, DSW_JOB_RECORD_CANCELED},
+    /* QUEUED: not launched yet */
+    {"QUEUED", N, 0, 1, 0, 0, 0, DSW_JOB_DEFER_QUEUED},
+    {"QUEUED", N, 0, 5, 0, 0, 0, DSW_JOB_DEFER_QUEUED},
+    {"QUEUED", N, 0, 6, 0, 0, 0, DSW_JOB_DELETE_NOT_LAUNCHED},
+    /* too many deliveries without a live owner: give up (before execute/resume) */
+    {"NOT_STARTED", N, 0, 6, 0, 0, 0, DSW_JOB_RECORD_GIVE_UP},
+    {"STARTING", S, 0, 6, 0, 0, 0, DSW_JOB_RECORD_GIVE_UP},
+    {"STARTED", S, 0, 6, 0, 1, 0, DSW_JOB_RECORD_GIVE_UP},
+    {"STARTED", N, 0, 6, 0, 0, 0, DSW_JOB_RECORD_GIVE_UP},
+    {"STARTING", N, 0, 5, 0, 0, 0, DSW_JOB_EXECUTE},
+    /* statuses we never execute from */
+    {"MANAGED", N, 0, 1, 0, 0, 0, DSW_JOB_DELETE_UNEXPECTED},
+    {"WEIRD", N, 0, 1, 0, 0, 0, DSW_JOB_DELETE_UNEXPECTED},
+};
+
+static void test_table(void **state)
+{
+    for (size_t i = 0; i < DSW_ARRAY_LEN(rows); i++) {
+        const struct row *r = &rows[i];
+        struct dsw_job_facts f = {
+            .status = r->status,
+            .claim = r->claim,
+            .claim_same_message = r->same,
+            .receive_count = r->receives,
+            .max_receives = 5,
+            .resume_requested = r->resume_req,
+            .resume_enabled = r->resume_on,
+            .resumes_done = r->resumes_done,
+            .max_resumes = 1,
+        };
+        enum dsw_job_action got = dsw_job_decide(&f);
+        if (got != r->want)
+            fail_msg("row %zu (%s, claim %d, receives %d): got %s, want %s", i, r->status, r->claim,
+                     r->receives, dsw_job_action_name(got), dsw_job_action_name(r->want));
+    }
+}
+
+static void test_names(void **state)
+{
+    assert_string_equal(dsw_job_action_name(DSW_JOB_RECORD_GIVE_UP), "record_give_up");
+    assert_string_equal(dsw_job_action_name((enum dsw_job_action)99), "unknown");
+    assert_true(dsw_job_status_terminal("CANCELED"));
+    assert_false(dsw_job_status_terminal("CANCELING"));
+    assert_false(dsw_job_status_terminal(NULL));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_table),
+        cmocka_unit_test(test_names),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
