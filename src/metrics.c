@@ -63,6 +63,9 @@ static const struct def defs[DSW_METRIC_COUNT] = {
     [DSW_METRIC_MESSAGES_RELEASED] =
         C0("dsw_messages_released_total",
            "Received but unclaimed messages made visible again (visibility 0)."),
+    [DSW_METRIC_MESSAGES_DEFERRED] =
+        C0("dsw_messages_deferred_total",
+           "Messages left for later by a visibility change (run not launched yet, or owned)."),
     [DSW_METRIC_CLAIMS] = C1("dsw_claims_total", "result", "Run claim attempts, by result."),
     [DSW_METRIC_RUNS_STARTED] =
         C1("dsw_runs_started_total", "kind", "Run workers spawned, by kind (execute, resume)."),

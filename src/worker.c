@@ -7,6 +7,7 @@
 #include "dsw/buf.h"
 #include "dsw/clients.h"
 #include "dsw/dagster.h"
+#include "dsw/httpd.h"
 #include "dsw/db.h"
 #include "dsw/job.h"
 #include "dsw/log.h"
@@ -85,6 +86,10 @@ struct worker {
     const char *exec_path;
     struct dsw_clients cl;
     struct dsw_watchdog *watchdog;
+    struct dsw_httpd *httpd;
+    bool queue_ok; /* the last receive succeeded */
+    uint64_t sqs_seen[DSW_SQS_OP_COUNT][DSW_SQS_ERR_COUNT];
+    uint64_t db_errors_seen;
     struct job *jobs;
     int njobs;
     int slots;
@@ -196,7 +201,8 @@ static void job_delete(struct job *j, const char *reason)
         job_done(j);
         return;
     }
-    dsw_metrics_inc(DSW_METRIC_MESSAGES_DELETED, reason, 1);
+    if (strcmp(reason, "rejected") != 0) /* counted in dsw_messages_rejected_total */
+        dsw_metrics_inc(DSW_METRIC_MESSAGES_DELETED, reason, 1);
     jlog(DSW_LOG_INFO, j, "delete", "deleting message (%s)", reason);
     struct dsw_sqs_entry e = {.id = "m", .receipt_handle = j->receipt};
     if (dsw_sqs_delete_batch(j->w->cl.sqs, j->w->conf->queue.url, &e, 1, on_deleted, j))
@@ -224,10 +230,8 @@ static void job_set_visibility(struct job *j, int visibility_s, const char *why)
         job_done(j);
         return;
     }
-    if (visibility_s == 0)
-        dsw_metrics_inc(DSW_METRIC_MESSAGES_RELEASED, NULL, 1);
-    else
-        dsw_metrics_inc(DSW_METRIC_MESSAGES_DELETED, NULL, 0);
+    dsw_metrics_inc(visibility_s == 0 ? DSW_METRIC_MESSAGES_RELEASED : DSW_METRIC_MESSAGES_DEFERRED,
+                    NULL, 1);
     jlog(DSW_LOG_INFO, j, why, "message visible again in %d s (%s)", visibility_s, why);
     struct dsw_sqs_entry e = {
         .id = "m", .receipt_handle = j->receipt, .visibility_s = visibility_s};
@@ -771,6 +775,7 @@ static void on_received(int status, const struct dsw_sqs_message *msgs, size_t n
         maybe_stop(w);
         return;
     }
+    w->queue_ok = status == 0;
     if (status) {
         w->receive_retry_ms = w->receive_retry_ms ? DSW_MIN(w->receive_retry_ms * 2, 30000) : 1000;
         dsw_warn("receive failed (%s: %s); next try in %llu ms",
@@ -1033,9 +1038,43 @@ static void update_status(struct worker *w)
     (void)rc;
 }
 
+/* Carry the SQS client's and the db's own counters into the metrics registry. */
+static void sync_counters(struct worker *w)
+{
+    for (int op = 0; w->cl.sqs && op < DSW_SQS_OP_COUNT; op++) {
+        for (int c = 0; c < DSW_SQS_ERR_COUNT; c++) {
+            uint64_t now =
+                dsw_sqs_requests(w->cl.sqs, (enum dsw_sqs_op)op, (enum dsw_sqs_errclass)c);
+            if (now > w->sqs_seen[op][c])
+                dsw_metrics_inc2(DSW_METRIC_SQS_REQUESTS, dsw_sqs_op_name((enum dsw_sqs_op)op),
+                                 dsw_sqs_errclass_name((enum dsw_sqs_errclass)c),
+                                 now - w->sqs_seen[op][c]);
+            w->sqs_seen[op][c] = now;
+        }
+    }
+    if (w->cl.db) {
+        struct dsw_db_state st;
+        dsw_db_get_state(w->cl.db, &st);
+        if (st.errors > w->db_errors_seen)
+            dsw_metrics_inc(DSW_METRIC_DB_ERRORS, NULL, st.errors - w->db_errors_seen);
+        w->db_errors_seen = st.errors;
+    }
+}
+
 static void on_status_timer(uv_timer_t *t)
 {
+    sync_counters(t->data);
     update_status(t->data);
+}
+
+static int is_ready(const char **reason, void *arg)
+{
+    struct worker *w = arg;
+    *reason = w->draining                                 ? "draining"
+              : !w->db_up                                 ? "postgres unreachable"
+              : !w->queue_ok && w->mode == DSW_WORKER_RUN ? "queue unreachable"
+                                                          : "ok";
+    return strcmp(*reason, "ok") == 0;
 }
 
 static void terminate_all(struct worker *w)
@@ -1123,6 +1162,9 @@ static void maybe_stop(struct worker *w)
         uv_close((uv_handle_t *)sigs[i], close_cb_noop);
     if (w->watchdog)
         dsw_watchdog_close(w->watchdog, on_watchdog_closed, NULL);
+    if (w->httpd)
+        dsw_httpd_close(w->httpd, on_watchdog_closed, NULL);
+    w->httpd = NULL;
     w->watchdog = NULL;
     dsw_clients_close(&w->cl, NULL, NULL);
 }
@@ -1156,7 +1198,7 @@ static void go(struct worker *w)
     start_timer(w, &w->t_cancel, on_cancel_timer, c->runs.cancel_poll_ms);
     if (w->mode == DSW_WORKER_RUN)
         start_timer(w, &w->t_sweep, on_sweep_timer, c->claims.sweep_ms);
-    start_timer(w, &w->t_status, on_status_timer, 5000);
+    start_timer(w, &w->t_status, on_status_timer, 1000);
     if (!w->ready_sent) {
         w->ready_sent = true;
         int rc = dsw_notify_ready();
@@ -1243,6 +1285,16 @@ static int init_handles(struct worker *w)
         sigs[i].s->data = w;
         uv_signal_start(sigs[i].s, on_signal, sigs[i].signum);
     }
+    const char *listen = w->conf->http.listen;
+    if (w->mode == DSW_WORKER_RUN && listen && strcmp(listen, "off") != 0) {
+        struct dsw_httpd_opts ho = {.listen = listen, .ready = is_ready, .ready_arg = w};
+        int rc = dsw_httpd_init(&w->httpd, &w->loop, &ho);
+        if (rc) {
+            dsw_error("cannot listen on %s (%s)", listen, strerror(-rc));
+            return rc;
+        }
+        dsw_info("metrics and health on http://%s/", listen);
+    }
     uint64_t wd = dsw_notify_watchdog_interval_ms();
     if (wd && dsw_watchdog_init(&w->watchdog, &w->loop, wd) != 0)
         w->watchdog = NULL;
@@ -1265,9 +1317,10 @@ int dsw_worker_main(const struct dsw_conf *conf, enum dsw_worker_mode mode, cons
     unsigned needs = DSW_CLIENTS_DB | (mode == DSW_WORKER_EXEC ? 0 : DSW_CLIENTS_SQS);
     int rc = dsw_clients_open(&w->cl, &w->loop, conf, needs);
     dsw_log_set_worker_id(w->cl.worker_id);
-    init_handles(w);
+    if (init_handles(w) && !rc)
+        rc = -EADDRINUSE;
     if (rc) {
-        w->exit_code = rc == -EINVAL ? EXIT_CONFIG : 1;
+        w->exit_code = rc == -EINVAL || rc == -EADDRINUSE ? EXIT_CONFIG : 1;
         w->draining = true;
         maybe_stop(w);
     } else if (conf->queue.url && strstr(conf->queue.url, ".fifo")) {

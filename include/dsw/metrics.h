@@ -21,6 +21,7 @@ enum dsw_metric {
     DSW_METRIC_MESSAGES_DELETED,  /* dsw_messages_deleted_total{reason} */
     DSW_METRIC_MESSAGES_REJECTED, /* dsw_messages_rejected_total{reason} */
     DSW_METRIC_MESSAGES_RELEASED, /* dsw_messages_released_total */
+    DSW_METRIC_MESSAGES_DEFERRED, /* dsw_messages_deferred_total */
     DSW_METRIC_CLAIMS,            /* dsw_claims_total{result} */
     DSW_METRIC_RUNS_STARTED,      /* dsw_runs_started_total{kind} */
     DSW_METRIC_RUNS_FINISHED,     /* dsw_runs_finished_total{outcome} */
