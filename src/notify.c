@@ -47,8 +47,9 @@ int dsw_notify_send(const char *state)
     struct sockaddr_un sa;
     int len = notify_addr(&sa);
     if (len <= 0) {
-        if (len < 0)
-            dsw_warn("notify: NOTIFY_SOCKET is not an absolute path or @name");
+        static int warned;
+        if (len < 0 && !warned++)
+            dsw_warn("notify: NOTIFY_SOCKET is not an absolute path or @name; not notifying");
         return len;
     }
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);

