@@ -201,11 +201,34 @@ static void puts_(struct line *l, const char *s)
     put(l, s, strlen(s));
 }
 
+/* Length of the valid UTF-8 sequence at p (1-4), or 0 when it is not one. */
+static size_t utf8_len(const unsigned char *p)
+{
+    size_t n = *p < 0xc2 ? 0 : *p < 0xe0 ? 2 : *p < 0xf0 ? 3 : *p < 0xf5 ? 4 : 0;
+    for (size_t i = 1; i < n; i++)
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+    if ((n == 3 && ((p[0] == 0xe0 && p[1] < 0xa0) || (p[0] == 0xed && p[1] > 0x9f))) ||
+        (n == 4 && ((p[0] == 0xf0 && p[1] < 0x90) || (p[0] == 0xf4 && p[1] > 0x8f))))
+        return 0;
+    return n;
+}
+
 static void put_json_str(struct line *l, const char *s)
 {
     static const char hex[] = "0123456789abcdef";
     put(l, "\"", 1);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p >= 0x80) {
+            /* A child's output may be cut mid-character or be binary: keep the line JSON. */
+            size_t n = utf8_len(p);
+            if (n) {
+                put(l, (const char *)p, n);
+                p += n - 1;
+            } else
+                put(l, "\\ufffd", 6);
+            continue;
+        }
         char esc[7] = {'\\', (char)*p, 0};
         if (*p == '"' || *p == '\\')
             put(l, esc, 2);
@@ -321,7 +344,18 @@ static void format_json(struct line *l, enum dsw_log_level level, const struct d
     /* A line cut at the limit must still be valid JSON: close it whatever happened. */
     if (l->len >= DSW_LOG_LINE_MAX - 1) {
         l->len = DSW_LOG_LINE_MAX - 1;
-        while (l->len && l->buf[l->len - 1] == '\\')
+        /* Drop a partial escape (\uXXXX is 6 bytes) and a partial UTF-8 character. */
+        for (size_t k = 1; k <= 6 && k <= l->len; k++) {
+            if (l->buf[l->len - k] == '\\') {
+                l->len -= k;
+                break;
+            }
+        }
+        size_t bs = 0;
+        while (bs < l->len && l->buf[l->len - 1 - bs] == '\\')
+            bs++;
+        l->len -= bs % 2;
+        while (l->len && (unsigned char)l->buf[l->len - 1] >= 0x80)
             l->len--;
         memcpy(l->buf + l->len, "\"}", 2);
         l->len += 2;

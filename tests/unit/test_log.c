@@ -103,6 +103,17 @@ static void test_json(void **state)
     assert_non_null(json_object_get(j, "ts"));
     json_decref(j);
 
+    /* Invalid UTF-8 (a child's output cut mid-character) still makes valid JSON. */
+    dsw_info("cut \xc3 and \xff\xfe and \xed\xa0\x80 and ok \xe2\x82\xac");
+    s = drain();
+    j = json_loads(s, 0, &e);
+    if (!j)
+        fail_msg("invalid JSON: %s (%s)", s, e.text);
+    assert_string_equal(json_string_value(json_object_get(j, "msg")),
+                        "cut \xef\xbf\xbd and \xef\xbf\xbd\xef\xbf\xbd and "
+                        "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd and ok \xe2\x82\xac");
+    json_decref(j);
+
     /* A record longer than the line limit is cut but stays valid JSON on one line. */
     char *big = malloc(20000);
     memset(big, 'x', 19999);
@@ -114,6 +125,19 @@ static void test_json(void **state)
     j = json_loads(s, 0, &e);
     assert_non_null(j);
     json_decref(j);
+    /* Cut inside escapes and multi-byte characters at every offset: always valid JSON. */
+    for (int shift = 0; shift < 8; shift++) {
+        memset(big, 'x', 19999);
+        for (int k = shift; k < 19990; k += 3)
+            memcpy(big + k, k % 5 ? "\x01\"\x01" : "\xe2\x82\xac", 3);
+        dsw_info("%s", big);
+        s = drain();
+        assert_true(strlen(s) >= DSW_LOG_LINE_MAX - 8); /* the cut really happened */
+        j = json_loads(s, 0, &e);
+        if (!j)
+            fail_msg("shift %d: invalid JSON (%s)", shift, e.text);
+        json_decref(j);
+    }
     free(big);
     dsw_log_set_worker_id(NULL);
 }
