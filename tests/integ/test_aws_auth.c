@@ -145,6 +145,57 @@ static void test_temporary_wrong_token(void **state)
     assert_int_equal(n, 2);
 }
 
+struct chain {
+    struct st_env e;
+    struct st_call c;
+};
+
+static int chain_ready(void *arg)
+{
+    return dsw_aws_creds(((struct chain *)arg)->e.aws) != NULL;
+}
+
+static void on_wait(int status, void *arg)
+{
+}
+
+/* Credentials from the chain (a shared credentials file here) are refreshed after an auth error:
+ * the file is fixed between the first resolution and the call, and the one retry succeeds. */
+static void test_refresh_after_auth_error(void **state)
+{
+    char *tmp = tu_tmpdir(), path[300], envf[340], text[512];
+    snprintf(path, sizeof(path), "%s/credentials", tmp);
+    snprintf(envf, sizeof(envf), "AWS_SHARED_CREDENTIALS_FILE=%s", path);
+    snprintf(text, sizeof(text), "[default]\naws_access_key_id=%s\naws_secret_access_key=wrong\n",
+             key);
+    tu_write_file(path, text, 0600);
+    char *env[] = {envf, "AWS_EC2_METADATA_DISABLED=true", NULL};
+    struct dsw_aws_opts ao = {.region = "us-east-1", .env = env};
+    struct dsw_sqs_opts so = {.endpoint = url};
+    struct chain ch = {0};
+    struct st_env *e = &ch.e;
+    assert_int_equal(uv_loop_init(&e->loop), 0);
+    assert_int_equal(dsw_http_init(&e->http, &e->loop), 0);
+    assert_int_equal(dsw_aws_init(&e->aws, &e->loop, e->http, &ao), 0);
+    assert_int_equal(dsw_sqs_init(&e->sqs, &e->loop, e->http, e->aws, &so), 0);
+    dsw_aws_wait(e->aws, on_wait, NULL);
+    assert_true(st_run_until(&e->loop, chain_ready, &ch, 5000));
+    assert_int_equal(dsw_aws_generation(e->aws), 1);
+
+    snprintf(text, sizeof(text), "[default]\naws_access_key_id=%s\naws_secret_access_key=%s\n", key,
+             secret);
+    tu_write_file(path, text, 0600);
+    assert_int_equal(dsw_sqs_get_queue_url(e->sqs, "no-such-queue-auth", st_on_str, &ch.c), 0);
+    st_wait(e, &ch.c, 10000);
+    /* Signed correctly on the retry: moto now says the queue does not exist. */
+    assert_int_equal(ch.c.status, -ENOENT);
+    assert_int_equal(dsw_aws_generation(e->aws), 2);
+    assert_int_equal(dsw_sqs_requests(e->sqs, DSW_SQS_OP_GET_QUEUE_URL, DSW_SQS_ERR_AUTH), 1);
+    st_close(e);
+    tu_rm_rf(tmp);
+    free(tmp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -154,6 +205,7 @@ int main(void)
         cmocka_unit_test(test_temporary),
         cmocka_unit_test(test_temporary_without_token),
         cmocka_unit_test(test_temporary_wrong_token),
+        cmocka_unit_test(test_refresh_after_auth_error),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
