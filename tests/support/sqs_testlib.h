@@ -177,7 +177,7 @@ static inline void st_create_queue(struct st_env *e, const char *prefix, int vis
     assert_int_equal(dsw_sqs_create_queue(e->sqs, name, &a, 1, st_on_str, &c), 0);
     st_wait(e, &c, 10000);
     assert_int_equal(c.status, 0);
-    snprintf(url, n, "%s", c.str);
+    dsw_strlcpy(url, c.str, n);
 }
 
 static inline int st_send(struct st_env *e, const char *url, const char *body,
