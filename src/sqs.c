@@ -4,6 +4,8 @@
  * uv_timer_t for its first attempt and its backoff; it is freed in that timer's close callback. */
 #include "dsw/sqs.h"
 
+#include "dsw/failpoint.h"
+
 #include "dsw/log.h"
 
 #include <errno.h>
@@ -34,6 +36,7 @@ struct op {
     int auth_retried;
     int waiting_aws;
     int done;
+    int injected; /* failpoint "fail": the status the first attempt reports instead of sending */
     struct dsw_http_xfer *xfer;
     uv_timer_t timer;
     void (*cb)(void);
@@ -361,6 +364,13 @@ static void complete(struct op *op, int status, json_t *root)
     if (op->done)
         return;
     unlink_op(op);
+    /* Failpoint: messages were received (and are now invisible) but the caller never sees them:
+     * they come back after their visibility timeout. */
+    if (op->kind == DSW_SQS_OP_RECEIVE && status == 0) {
+        int fp = DSW_FAILPOINT("after_receive");
+        if (fp < 0)
+            status = fp;
+    }
     switch (op->kind) {
     case DSW_SQS_OP_RECEIVE:
         deliver_receive(op, status, root);
@@ -386,7 +396,12 @@ static void complete(struct op *op, int status, json_t *root)
 
 static void on_start(uv_timer_t *t)
 {
-    send_attempt(t->data);
+    struct op *op = t->data;
+    if (op->injected) {
+        complete(op, op->injected, NULL);
+        return;
+    }
+    send_attempt(op);
 }
 
 static void on_creds(int rc, void *arg)
@@ -624,6 +639,10 @@ static int batch(struct dsw_sqs *s, enum dsw_sqs_op kind, const char *url,
     op->nids = n;
     for (size_t i = 0; i < n; i++)
         op->ids[i] = dsw_xstrdup(e[i].id);
+    /* Failpoints: before a delete is sent / inside the visibility heartbeat. "fail" completes
+     * the call with -EIO on its first turn, through the callback like any transport error. */
+    op->injected =
+        DSW_FAILPOINT(kind == DSW_SQS_OP_DELETE_BATCH ? "before_delete" : "heartbeat_visibility");
     return 0;
 }
 

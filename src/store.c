@@ -5,6 +5,7 @@
 #include "dsw/store.h"
 
 #include "dsw/dagster.h"
+#include "dsw/failpoint.h"
 #include "dsw/log.h"
 
 #include <errno.h>
@@ -263,6 +264,7 @@ struct call {
     void *arg;
     char *run_id;
     bool takeover;
+    int injected; /* failpoint "fail": the status reported once the statement is done */
 };
 
 static struct call *call_new(struct dsw_store *s, const char *run_id, void *arg)
@@ -406,6 +408,12 @@ static void on_claim(int status, const struct dsw_db_result *r, void *arg)
             return;
         status = -ECANCELED;
     }
+    /* Failpoint: the claim or takeover committed; the caller has not heard of it yet. */
+    if (status == 0) {
+        int fp = DSW_FAILPOINT("after_claim");
+        if (fp < 0)
+            status = fp;
+    }
     read_claim(c->s, r, 0, 0, &claim);
     c->cb.claim(status, status == 0 ? &claim : NULL, c->arg);
     call_free(c);
@@ -452,6 +460,8 @@ static void on_heartbeat(int status, const struct dsw_db_result *r, void *arg)
     struct call *c = arg;
     if (status == 0 && dsw_db_result_cmd_tuples(r) != 1)
         status = -ESTALE;
+    if (status == 0 && c->injected)
+        status = c->injected;
     c->cb.done(status, c->arg);
     call_free(c);
 }
@@ -465,6 +475,7 @@ int dsw_store_heartbeat(struct dsw_store *s, const char *run_id, int64_t token, 
     snprintf(tok, sizeof(tok), "%lld", (long long)token);
     struct call *c = call_new(s, run_id, arg);
     c->cb.done = cb;
+    c->injected = DSW_FAILPOINT("heartbeat_lease");
     const char *p[] = {run_id, tok};
     return call_query(c, SQL_HEARTBEAT, 2, p, on_heartbeat);
 }
@@ -549,7 +560,8 @@ struct op {
     enum op_kind kind;
     struct dsw_db_txn *txn;
     int step;
-    int status; /* reported once the rollback is done */
+    int status;   /* reported once the rollback is done */
+    int injected; /* failpoint "fail": roll back at once and report this */
     void (*fn)(struct op *o, const struct dsw_db_result *r);
     union {
         dsw_store_record_cb record;
@@ -632,7 +644,15 @@ static void op_fail(struct op *o, int status)
 
 static void on_committed(int status, const struct dsw_db_result *r, void *arg)
 {
-    op_finish(arg, status);
+    struct op *o = arg;
+    /* Failpoint: an outcome committed; the caller has not heard of it yet (a retry finds the
+     * claim done with its token: "already"). */
+    if (status == 0 && (o->kind == K_EXIT || o->kind == K_OUTCOME)) {
+        int fp = DSW_FAILPOINT("after_record");
+        if (fp < 0)
+            status = fp;
+    }
+    op_finish(o, status);
 }
 
 static void op_commit(struct op *o)
@@ -667,6 +687,10 @@ static void on_begun(int status, struct dsw_db_txn *txn, void *arg)
         return;
     }
     o->txn = txn;
+    if (o->injected) {
+        op_fail(o, o->injected);
+        return;
+    }
     o->fn(o, NULL);
 }
 
@@ -935,8 +959,11 @@ int dsw_store_record_launch(struct dsw_store *s, const struct dsw_store_launch *
 {
     if (!l || !l->run_id || !cb)
         return -EINVAL;
+    /* Failpoint: called right after the spawn, before the launch is recorded. */
+    int fp = DSW_FAILPOINT("after_spawn");
     struct op *o = op_new(s, K_LAUNCH, l->run_id, arg);
     o->cb.done = cb;
+    o->injected = fp;
     snprintf(o->token, sizeof(o->token), "%lld", (long long)l->token);
     o->pid = l->child_pid;
     o->receive_count = l->receive_count;
