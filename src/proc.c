@@ -17,7 +17,7 @@
 
 #define RBUF_SIZE      (32 * 1024)
 #define LINE_MAX_CAP   (1024 * 1024)
-#define PROC_HANDLES   5 /* process, kill timer, drop timer, two pipes */
+#define PROC_HANDLES   6 /* process, kill timer, drop timer, three pipes */
 #define RATE_WINDOW_MS 1000
 
 enum phase { PH_RUN, PH_GRACE, PH_DRAIN };
@@ -37,6 +37,7 @@ struct dsw_proc {
     uv_timer_t kill_timer; /* PH_RUN: timeout; PH_GRACE: SIGKILL; PH_DRAIN: stop waiting for EOF */
     uv_timer_t drop_timer; /* end of the rate window in which lines were dropped */
     struct stream out, err;
+    uv_pipe_t in; /* the child's stdin when opts.stdin_pipe (initialised, unused otherwise) */
     char *rbuf;
     enum phase phase;
     size_t line_max;
@@ -50,6 +51,8 @@ struct dsw_proc {
     void *arg;
     struct dsw_proc_exit st;
     int terminating, exited, reported, closing, handles_closing, open_handles;
+    int in_open;   /* stdin pipe created and not written yet */
+    int in_closed; /* uv_close called on the stdin pipe */
     dsw_proc_close_cb close_cb;
     void *close_arg;
 };
@@ -73,6 +76,16 @@ static void on_handle_closed(uv_handle_t *h)
         cb(arg);
 }
 
+/* EOF for the child; from close_handles too, where a pending write is cancelled. */
+static void close_stdin(struct dsw_proc *p)
+{
+    p->in_open = 0;
+    if (p->in_closed)
+        return;
+    p->in_closed = 1;
+    uv_close((uv_handle_t *)&p->in, on_handle_closed);
+}
+
 static void close_handles(struct dsw_proc *p)
 {
     if (p->handles_closing)
@@ -83,6 +96,7 @@ static void close_handles(struct dsw_proc *p)
     uv_close((uv_handle_t *)&p->drop_timer, on_handle_closed);
     uv_close((uv_handle_t *)&p->out.pipe, on_handle_closed);
     uv_close((uv_handle_t *)&p->err.pipe, on_handle_closed);
+    close_stdin(p);
 }
 
 static void signal_group(struct dsw_proc *p, int sig)
@@ -151,6 +165,8 @@ static void emit(struct dsw_proc *p, struct stream *s, int truncated)
 {
     size_t len = s->len;
     s->len = 0;
+    if (p->st.first_line_ms < 0)
+        p->st.first_line_ms = (int64_t)(dsw_now_ms() - p->start_ms);
     p->st.lines++;
     if (truncated)
         p->st.lines_truncated++;
@@ -303,6 +319,73 @@ void dsw_proc_close(struct dsw_proc *p, dsw_proc_close_cb cb, void *arg)
     /* The exit report follows from the loop, then close_handles. */
 }
 
+struct wreq {
+    uv_write_t req;
+    struct dsw_proc *p;
+    char data[];
+};
+
+static void on_stdin_written(uv_write_t *req, int status)
+{
+    struct wreq *w = (struct wreq *)req;
+    struct dsw_proc *p = w->p;
+    free(w);
+    if (status < 0 && status != UV_ECANCELED)
+        dsw_warn("proc: child %d: stdin: %s", p->st.pid, uv_strerror(status));
+    close_stdin(p); /* no-op when close_handles got there first */
+}
+
+int dsw_proc_stdin_write(struct dsw_proc *p, const void *data, size_t len)
+{
+    if (!p->in_open)
+        return -EBADF;
+    p->in_open = 0;
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    int n = len ? uv_try_write((uv_stream_t *)&p->in, &b, 1) : 0;
+    if (n == UV_EAGAIN)
+        n = 0;
+    if (n < 0 || (size_t)n == len) {
+        close_stdin(p);
+        return n < 0 ? n : 0;
+    }
+    /* More than the pipe holds: queue the rest; the pipe closes when it is written. */
+    struct wreq *w = dsw_xmalloc(sizeof(*w) + len - (size_t)n);
+    w->p = p;
+    memcpy(w->data, (const char *)data + n, len - (size_t)n);
+    b = uv_buf_init(w->data, (unsigned)(len - (size_t)n));
+    int rc = uv_write(&w->req, (uv_stream_t *)&p->in, &b, 1, on_stdin_written);
+    if (rc != 0) {
+        free(w);
+        close_stdin(p);
+        return rc;
+    }
+    return 0;
+}
+
+int dsw_proc_adopt(struct dsw_proc *p, const struct dsw_proc_hooks *h)
+{
+    if (p->closing || p->terminating || p->st.killed != DSW_PROC_NOT_KILLED)
+        return -EBUSY;
+    if (p->exited)
+        return -ESRCH;
+    p->on_line = h->on_line;
+    p->on_drop = h->on_drop;
+    p->on_exit = h->on_exit;
+    p->arg = h->arg;
+    p->kill_grace_ms = h->kill_grace_ms;
+    p->start_ms = dsw_now_ms();
+    p->win_start = uv_now(p->loop);
+    p->win_count = 0;
+    p->drop_pending = 0; /* the previous supervisor's lines */
+    uv_timer_stop(&p->drop_timer);
+    p->st.lines = p->st.lines_dropped = p->st.lines_truncated = 0;
+    p->st.first_line_ms = -1;
+    uv_timer_stop(&p->kill_timer);
+    if (h->timeout_ms)
+        uv_timer_start(&p->kill_timer, on_kill_timer, h->timeout_ms, 0);
+    return 0;
+}
+
 int dsw_proc_pid(const struct dsw_proc *p)
 {
     return p->st.pid;
@@ -335,7 +418,10 @@ static struct dsw_proc *proc_new(uv_loop_t *loop, const struct dsw_proc_opts *o)
     p->on_exit = o->on_exit;
     p->arg = o->arg;
     p->rbuf = dsw_xmalloc(RBUF_SIZE);
+    p->st.first_line_ms = -1;
     p->open_handles = PROC_HANDLES;
+    uv_pipe_init(loop, &p->in, 0);
+    p->in.data = p;
     p->proc.data = p;
     uv_timer_init(loop, &p->kill_timer);
     p->kill_timer.data = p;
@@ -379,6 +465,10 @@ int dsw_proc_spawn(uv_loop_t *loop, const struct dsw_proc_opts *o, struct dsw_pr
         {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&p->out.pipe},
         {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&p->err.pipe},
     };
+    if (o->stdin_pipe) {
+        stdio[0].flags = UV_CREATE_PIPE | UV_READABLE_PIPE;
+        stdio[0].data.stream = (uv_stream_t *)&p->in;
+    }
     uv_process_options_t uo = {
         .exit_cb = on_proc_exit,
         .file = args[0],
@@ -401,6 +491,7 @@ int dsw_proc_spawn(uv_loop_t *loop, const struct dsw_proc_opts *o, struct dsw_pr
         return rc;
     }
     p->st.pid = uv_process_get_pid(&p->proc);
+    p->in_open = o->stdin_pipe;
     if (o->timeout_ms)
         uv_timer_start(&p->kill_timer, on_kill_timer, o->timeout_ms, 0);
     struct stream *ss[2] = {&p->out, &p->err};

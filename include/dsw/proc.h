@@ -55,6 +55,9 @@ struct dsw_proc_exit {
     uint64_t lines;              /* lines read on both streams, delivered or not */
     uint64_t lines_dropped;      /* over the per-second budget */
     uint64_t lines_truncated;    /* longer than line_max */
+    /* Milliseconds from spawn (or dsw_proc_adopt) to the first line on either stream, -1 when
+     * there was none: how long the command took to say anything (for Dagster, to start). */
+    int64_t first_line_ms;
 };
 
 /* One line of output without its "\n" (nor a trailing "\r"), NUL-terminated at line[len]; valid
@@ -96,9 +99,23 @@ struct dsw_proc_opts {
     dsw_proc_drop_cb on_drop; /* may be NULL: a warning is logged instead */
     dsw_proc_exit_cb on_exit; /* may be NULL */
     void *arg;                /* passed to every callback */
+    /* stdin is a pipe from us (see dsw_proc_stdin_write) instead of /dev/null. The process must
+     * ignore SIGPIPE (main does), or a write to a child that closed its end would kill us. */
+    int stdin_pipe;
 };
 
-/* Spawn opts->argv in a new session/process group (pgid == pid) with stdin on /dev/null and
+/* The supervisor part of dsw_proc_opts, for dsw_proc_adopt. */
+struct dsw_proc_hooks {
+    uint64_t timeout_ms;    /* 0: no timeout; else counted from dsw_proc_adopt */
+    uint64_t kill_grace_ms; /* SIGTERM to SIGKILL delay; 0: SIGKILL at once */
+    dsw_proc_line_cb on_line;
+    dsw_proc_drop_cb on_drop;
+    dsw_proc_exit_cb on_exit;
+    void *arg;
+};
+
+/* Spawn opts->argv in a new session/process group (pgid == pid) with stdin on /dev/null (or a
+ * pipe, opts->stdin_pipe) and
  * stdout/stderr on pipes, on loop. opts and its strings are only read during the call. On success
  * *out is a live object that the caller must eventually pass to dsw_proc_close (after or before the
  * exit callback). Errors: -EINVAL (no argv), or uv_spawn's (-ENOENT, -EACCES... for the
@@ -107,6 +124,24 @@ struct dsw_proc_opts {
  * (126 when not executable), with the reason on stderr. */
 int dsw_proc_spawn(uv_loop_t *loop, const struct dsw_proc_opts *opts,
                    struct dsw_proc **out) DSW_WUR;
+
+/* Write len bytes to the child's stdin, then close it (the child reads them and EOF): the way to
+ * hand a child data that must not appear on its command line. data is copied when it cannot be
+ * written at once (more than the pipe holds); nothing else may be written afterwards. Returns 0
+ * when everything was written or queued (a later write error is logged; the child then sees a
+ * short read and its exit says the rest), -EBADF without opts.stdin_pipe or after a first call,
+ * -EPIPE when the child has closed its end (it died: nothing was written; its exit callback
+ * follows), or another negative errno from the write. The pipe is closed in every case. */
+int dsw_proc_stdin_write(struct dsw_proc *p, const void *data, size_t len) DSW_WUR;
+
+/* Hand a running child over to a new supervisor (a warm runner becoming a run worker): from now
+ * on every callback goes to h's with h->arg, the timeout restarts from now with h->timeout_ms,
+ * the grace period becomes h->kill_grace_ms, and what the exit callback reports (duration,
+ * line counts, first_line_ms) is counted from now. Lines already delivered stay with the old
+ * supervisor. Returns 0, -ESRCH when the child has exited already (its exit, not yet reported,
+ * still goes to the old callbacks) or -EBUSY once terminate or close was called; p is then
+ * unchanged. h is only read during the call. */
+int dsw_proc_adopt(struct dsw_proc *p, const struct dsw_proc_hooks *h) DSW_WUR;
 
 /* Pid of the child, which is also its process group id. */
 int dsw_proc_pid(const struct dsw_proc *p);

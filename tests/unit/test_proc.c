@@ -83,6 +83,19 @@ static int child_escape(void)
     return 0;
 }
 
+/* Read stdin to EOF; print how many bytes and a checksum of them. */
+static int child_stdin(void)
+{
+    static char buf[1 << 16];
+    unsigned long long n = 0, sum = 0;
+    ssize_t r;
+    while ((r = read(0, buf, sizeof(buf))) > 0)
+        for (ssize_t i = 0; i < r; i++, n++)
+            sum = sum * 31 + (unsigned char)buf[i];
+    printf("got %llu %llx\n", n, sum);
+    return r < 0 ? 98 : 0;
+}
+
 static int child_main(int argc, char **argv)
 {
     const char *mode = argv[0];
@@ -130,6 +143,21 @@ static int child_main(int argc, char **argv)
         return child_stubborn();
     if (!strcmp(mode, "escape"))
         return child_escape();
+    if (!strcmp(mode, "stdin"))
+        return child_stdin();
+    if (!strcmp(mode, "handover")) {
+        printf("hello\n");
+        fflush(stdout);
+        child_stdin();
+        fflush(stdout);
+        idle();
+    }
+    if (!strcmp(mode, "closein")) {
+        close(0);
+        printf("ready 1\n");
+        fflush(stdout);
+        idle();
+    }
     return 99;
 }
 
@@ -706,6 +734,179 @@ static void test_env_child(void **state)
     }
 }
 
+static unsigned long long checksum(const char *b, size_t n)
+{
+    unsigned long long sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum = sum * 31 + (unsigned char)b[i];
+    return sum;
+}
+
+/* Data on stdin, then EOF: small (written at once) and larger than the pipe holds (queued). */
+static void test_stdin_pipe(void **state)
+{
+    size_t sizes[] = {11, 4 << 20};
+    char *data = malloc(sizes[1]);
+    for (size_t i = 0; i < sizes[1]; i++)
+        data[i] = (char)(i * 7 + i / 3);
+    memcpy(data, "hello\0world", 11);
+    for (size_t i = 0; i < DSW_ARRAY_LEN(sizes); i++) {
+        uv_loop_t loop;
+        struct run r;
+        struct dsw_proc_opts o;
+        const char *argv[] = {self, "--child", "stdin", NULL};
+        char want[64];
+        assert_int_equal(uv_loop_init(&loop), 0);
+        run_init(&r, &o, argv);
+        o.stdin_pipe = 1;
+        assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
+        assert_int_equal(dsw_proc_stdin_write(r.p, data, sizes[i]), 0);
+        assert_int_equal(dsw_proc_stdin_write(r.p, "x", 1), -EBADF);
+        assert_true(tu_run_until(&loop, is_closed, &r, 20000));
+        tu_loop_close(&loop);
+        snprintf(want, sizeof(want), "O:got %zu %llx\n", sizes[i], checksum(data, sizes[i]));
+        assert_string_equal(dsw_buf_str(&r.out), want);
+        assert_int_equal(r.st.exit_code, 0);
+        run_free(&r);
+    }
+    free(data);
+}
+
+/* Without stdin_pipe the child reads EOF from /dev/null and writing is refused; a child that
+ * closed its stdin gives -EPIPE (SIGPIPE is ignored, as in the daemon). */
+static void test_stdin_errors(void **state)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "stdin", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
+    assert_int_equal(dsw_proc_stdin_write(r.p, "x", 1), -EBADF);
+    assert_true(tu_run_until(&loop, is_closed, &r, 20000));
+    tu_loop_close(&loop);
+    assert_string_equal(dsw_buf_str(&r.out), "O:got 0 0\n");
+    run_free(&r);
+
+    const char *argv2[] = {self, "--child", "closein", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv2);
+    o.stdin_pipe = 1;
+    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
+    assert_true(tu_run_until(&loop, has_ready, &r, 10000));
+    assert_int_equal(dsw_proc_stdin_write(r.p, "x", 1), -EPIPE);
+    assert_int_equal(dsw_proc_stdin_write(r.p, "x", 1), -EBADF);
+    dsw_proc_terminate(r.p, DSW_PROC_TERMINATE);
+    assert_true(tu_run_until(&loop, is_closed, &r, 10000));
+    tu_loop_close(&loop);
+    assert_int_equal(r.st.term_signal, SIGTERM);
+    run_free(&r);
+}
+
+/* A second supervisor takes over: its callbacks, its timeout, counters from the hand-over. */
+static void test_adopt(void **state)
+{
+    uv_loop_t loop;
+    struct run a, b;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "handover", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&b, &o, argv);
+    run_init(&a, &o, argv);
+    a.close_in_exit = 0;
+    o.stdin_pipe = 1;
+    o.timeout_ms = 300; /* replaced by the adopter's */
+    assert_int_equal(dsw_proc_spawn(&loop, &o, &a.p), 0);
+    while (!strstr(dsw_buf_str(&a.out), "O:hello\n"))
+        assert_true(uv_run(&loop, UV_RUN_ONCE) || 1);
+    struct dsw_proc_hooks h = {.timeout_ms = 600,
+                               .kill_grace_ms = 5000,
+                               .on_line = on_line,
+                               .on_drop = on_drop,
+                               .on_exit = on_exit_cb,
+                               .arg = &b};
+    b.p = a.p;
+    uint64_t t0 = uv_hrtime();
+    assert_int_equal(dsw_proc_adopt(a.p, &h), 0);
+    assert_int_equal(dsw_proc_stdin_write(a.p, "abc", 3), 0);
+    assert_true(tu_run_until(&loop, is_closed, &b, 10000));
+    tu_loop_close(&loop);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    assert_string_equal(dsw_buf_str(&a.out), "O:hello\n");
+    assert_int_equal(a.exits, 0);
+    char want[64];
+    snprintf(want, sizeof(want), "O:got 3 %llx\n", checksum("abc", 3));
+    assert_string_equal(dsw_buf_str(&b.out), want);
+    assert_int_equal(b.st.killed, DSW_PROC_TIMEOUT);
+    assert_int_equal(b.st.term_signal, SIGTERM);
+    assert_int_equal(b.st.lines, 1);
+    assert_true(b.st.first_line_ms >= 0 && b.st.first_line_ms < 600);
+    assert_true(b.st.duration_ms >= 590 && b.st.duration_ms <= ms + 1);
+    assert_true(ms >= 590);
+    run_free(&a);
+    run_free(&b);
+}
+
+/* Adoption is refused after terminate (-EBUSY) and once the child is gone (-ESRCH). */
+static void test_adopt_refused(void **state)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    struct dsw_proc_hooks h = {.on_exit = on_exit_cb};
+    const char *argv[] = {self, "--child", "stubborn", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
+    assert_true(tu_run_until(&loop, has_ready, &r, 10000));
+    h.arg = &r;
+    dsw_proc_terminate(r.p, DSW_PROC_TERMINATE);
+    assert_int_equal(dsw_proc_adopt(r.p, &h), -EBUSY);
+    assert_true(tu_run_until(&loop, is_closed, &r, 10000));
+    tu_loop_close(&loop);
+    reap_within((pid_t)r.ready, 5000);
+    run_free(&r);
+
+    /* A grandchild that left the group holds stdout: the child is reaped, the report waits. */
+    const char *argv2[] = {self, "--child", "escape", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv2);
+    o.drain_ms = 60000;
+    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
+    assert_true(tu_run_until(&loop, has_ready, &r, 10000));
+    pid_t pid = dsw_proc_pid(r.p);
+    while (kill(pid, 0) == 0)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(dsw_proc_adopt(r.p, &h), -ESRCH);
+    assert_int_equal(r.exits, 0);
+    assert_int_equal(kill((pid_t)r.ready, SIGKILL), 0);
+    reap_within((pid_t)r.ready, 5000);
+    assert_true(tu_run_until(&loop, is_closed, &r, 10000));
+    tu_loop_close(&loop);
+    assert_int_equal(r.st.exit_code, 0);
+    run_free(&r);
+}
+
+static void test_first_line_ms(void **state)
+{
+    for (int quiet = 0; quiet < 2; quiet++) {
+        uv_loop_t loop;
+        struct run r;
+        struct dsw_proc_opts o;
+        const char *argv[] = {self, "--child", quiet ? "exit" : "echo", "0", NULL};
+        assert_int_equal(uv_loop_init(&loop), 0);
+        run_init(&r, &o, argv);
+        run_all(&loop, &r, &o);
+        if (quiet)
+            assert_int_equal(r.st.first_line_ms, -1);
+        else
+            assert_true(r.st.first_line_ms >= 0 &&
+                        (uint64_t)r.st.first_line_ms <= r.st.duration_ms + 5);
+        run_free(&r);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], DSW_PROC_TRAMPOLINE_ARG))
@@ -719,6 +920,7 @@ int main(int argc, char **argv)
     /* Orphaned grandchildren come back to us, so tests can reap them and see how they died. */
     if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
         return 1;
+    signal(SIGPIPE, SIG_IGN); /* as the daemon does: a dead child's pipe gives EPIPE */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exit_codes),
         cmocka_unit_test(test_killed_by_signal),
@@ -738,6 +940,11 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_default_trampoline),
         cmocka_unit_test(test_env_build),
         cmocka_unit_test(test_env_child),
+        cmocka_unit_test(test_stdin_pipe),
+        cmocka_unit_test(test_stdin_errors),
+        cmocka_unit_test(test_adopt),
+        cmocka_unit_test(test_adopt_refused),
+        cmocka_unit_test(test_first_line_ms),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
