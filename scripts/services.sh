@@ -86,11 +86,28 @@ start)
     start_fauxqs "$dir"
     cat "$dir/env"
     ;;
+start-pg)
+    # PostgreSQL alone, for tests that stop and start their own server.
+    dir=${2:?usage: services.sh start-pg DIR}
+    mkdir -p "$dir"
+    : >"$dir/env"
+    start_pg "$dir"
+    cat "$dir/env"
+    ;;
+restart-pg)
+    dir=${2:?usage: services.sh restart-pg DIR}
+    . "$dir/env"
+    as_pg "$PGBIN/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/server.log" -w -t 30 start \
+        -o "-p $DSW_TEST_PG_PORT -k $dir/pg -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null
+    ;;
+kill-pg)
+    as_pg "$PGBIN/pg_ctl" -D "${2:?usage: services.sh kill-pg DIR}/pg/data" -m immediate -w stop >/dev/null
+    ;;
 stop)
     stop_all "${2:?usage: services.sh stop DIR}"
     ;;
 *)
-    echo "usage: $0 start|stop DIR" >&2
+    echo "usage: $0 start|start-pg|kill-pg|restart-pg|stop DIR" >&2
     exit 64
     ;;
 esac

@@ -51,7 +51,7 @@ static void on_received(int status, const struct dsw_sqs_message *m, size_t n, v
 {
     struct pipe_state *p = arg;
     struct dsw_sqs_entry e[DSW_SQS_MAX_BATCH];
-    char ids[DSW_SQS_MAX_BATCH][8];
+    char ids[DSW_SQS_MAX_BATCH][24];
     if (status < 0 || n == 0) {
         p->b->errors += status < 0;
         step_send(p);
