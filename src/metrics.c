@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #define MAX_BUCKETS 16
+#define MAX_HSERIES 2 /* label values of a labelled histogram */
 
 enum kind { COUNTER, GAUGE, HISTOGRAM };
 
@@ -23,11 +24,14 @@ struct def {
     const char *labels[2];
     const double *buckets; /* upper bounds, ascending; +Inf is implicit */
     size_t nbuckets;
+    const char *values[MAX_HSERIES]; /* a labelled histogram's fixed label values */
 };
 
 static const double run_buckets[] = {1,   5,    10,   30,   60,    120,  300,
                                      600, 1800, 3600, 7200, 14400, 43200};
 static const double wait_buckets[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600};
+static const double start_buckets[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                       1.5,  2.5,   5,    10,  30,   60};
 
 #define C0(n, h)                                                                                   \
     {                                                                                              \
@@ -49,9 +53,18 @@ static const double wait_buckets[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 6
     {                                                                                              \
         .name = n, .help = h, .kind = HISTOGRAM, .buckets = bk, .nbuckets = DSW_ARRAY_LEN(bk)      \
     }
+#define H1(n, l, v1, v2, bk, h)                                                                    \
+    {                                                                                              \
+        .name = n, .help = h, .kind = HISTOGRAM, .nlabels = 1, .labels = {l}, .buckets = bk,       \
+        .nbuckets = DSW_ARRAY_LEN(bk), .values = {                                                 \
+            v1,                                                                                    \
+            v2                                                                                     \
+        }                                                                                          \
+    }
 
 _Static_assert(DSW_ARRAY_LEN(run_buckets) < MAX_BUCKETS &&
-                   DSW_ARRAY_LEN(wait_buckets) < MAX_BUCKETS,
+                   DSW_ARRAY_LEN(wait_buckets) < MAX_BUCKETS &&
+                   DSW_ARRAY_LEN(start_buckets) < MAX_BUCKETS,
                "MAX_BUCKETS holds every bucket plus +Inf");
 
 static const struct def defs[DSW_METRIC_COUNT] = {
@@ -74,13 +87,21 @@ static const struct def defs[DSW_METRIC_COUNT] = {
     [DSW_METRIC_SQS_REQUESTS] =
         C2("dsw_sqs_requests_total", "op", "result", "SQS API requests, by operation and result."),
     [DSW_METRIC_DB_ERRORS] = C0("dsw_db_errors_total", "PostgreSQL errors (query or connection)."),
+    [DSW_METRIC_WARM_FAILURES] =
+        C0("dsw_warm_runner_failures_total",
+           "Warm runners that died before being used or never became ready."),
     [DSW_METRIC_RUNS_IN_FLIGHT] = G("dsw_runs_in_flight", "Run workers currently running."),
     [DSW_METRIC_SLOTS] = G("dsw_slots", "Configured concurrent run slots (runs.max_concurrent)."),
     [DSW_METRIC_DRAINING] = G("dsw_draining", "1 while the daemon drains before exiting, else 0."),
+    [DSW_METRIC_WARM_READY] =
+        G("dsw_warm_runners_ready", "Warm runners ready to take a run (runs.warm)."),
     [DSW_METRIC_RUN_DURATION] =
         H("dsw_run_duration_seconds", run_buckets, "Wall time of run workers, from spawn to exit."),
     [DSW_METRIC_QUEUE_WAIT] = H("dsw_queue_wait_seconds", wait_buckets,
                                 "Time messages waited in the queue (SentTimestamp to receive)."),
+    [DSW_METRIC_RUN_START] = H1("dsw_run_start_seconds", "mode", "warm", "cold", start_buckets,
+                                "Spawn (cold) or hand-over (warm) to the run worker's first "
+                                "output line."),
 };
 
 struct series {
@@ -88,13 +109,17 @@ struct series {
     uint64_t count;
 };
 
+struct hist {
+    uint64_t buckets[MAX_BUCKETS]; /* per bucket, not cumulative */
+    uint64_t count;
+    double sum;
+};
+
 struct state {
     struct series series[DSW_METRICS_MAX_SERIES];
     size_t nseries;
     double gauge;
-    uint64_t buckets[MAX_BUCKETS]; /* per bucket, not cumulative */
-    uint64_t hcount;
-    double hsum;
+    struct hist hist[MAX_HSERIES]; /* [0] only, unless the histogram is labelled */
 };
 
 static struct state states[DSW_METRIC_COUNT];
@@ -188,20 +213,56 @@ void dsw_metrics_add(enum dsw_metric m, double delta)
         states[m].gauge += delta;
 }
 
+static void observe(const struct def *d, struct hist *h, double value)
+{
+    if (!(value > 0)) /* negative or NaN */
+        value = 0;
+    size_t i = 0;
+    while (i < d->nbuckets && value > d->buckets[i])
+        i++;
+    h->buckets[i]++; /* i == nbuckets is the +Inf bucket */
+    h->count++;
+    h->sum += value;
+}
+
+/* Index of a labelled histogram's label value, -1 when it is not one of them. */
+static int hist_index(const struct def *d, const char *label)
+{
+    for (int i = 0; label && i < MAX_HSERIES && d->values[i]; i++)
+        if (!strcmp(d->values[i], label))
+            return i;
+    return -1;
+}
+
 void dsw_metrics_observe(enum dsw_metric m, double value)
 {
     const struct def *d = get(m, HISTOGRAM);
     if (!d)
         return;
-    if (!(value > 0)) /* negative or NaN */
-        value = 0;
-    struct state *st = &states[m];
-    size_t i = 0;
-    while (i < d->nbuckets && value > d->buckets[i])
-        i++;
-    st->buckets[i]++; /* i == nbuckets is the +Inf bucket */
-    st->hcount++;
-    st->hsum += value;
+    assert(d->nlabels == 0 && "use dsw_metrics_observe_label");
+    if (d->nlabels == 0)
+        observe(d, &states[m].hist[0], value);
+}
+
+void dsw_metrics_observe_label(enum dsw_metric m, const char *label, double value)
+{
+    const struct def *d = get(m, HISTOGRAM);
+    int i = d ? hist_index(d, label) : -1;
+    assert(!d || i >= 0);
+    if (i >= 0)
+        observe(d, &states[m].hist[i], value);
+}
+
+static uint64_t hist_count(enum dsw_metric m, const char *label)
+{
+    const struct def *d = &defs[m];
+    uint64_t n = 0;
+    if (d->nlabels == 0 || !label)
+        for (int i = 0; i < MAX_HSERIES; i++)
+            n += states[m].hist[i].count;
+    else if (hist_index(d, label) >= 0)
+        n = states[m].hist[hist_index(d, label)].count;
+    return n;
 }
 
 double dsw_metrics_value(enum dsw_metric m, const char *label1, const char *label2)
@@ -212,7 +273,7 @@ double dsw_metrics_value(enum dsw_metric m, const char *label1, const char *labe
     if (d->kind == GAUGE)
         return states[m].gauge;
     if (d->kind == HISTOGRAM)
-        return (double)states[m].hcount;
+        return (double)hist_count(m, label1);
     char l1[DSW_METRICS_LABEL_MAX + 1] = "", l2[DSW_METRICS_LABEL_MAX + 1] = "";
     if (d->nlabels >= 1)
         label_copy(l1, label1);
@@ -299,20 +360,40 @@ static int put_gauge(struct dsw_buf *b, const struct def *d, const struct state 
     return rc ? rc : dsw_buf_printf(b, "%s %s\n", d->name, v);
 }
 
-static int put_histogram(struct dsw_buf *b, const struct def *d, const struct state *st)
+/* One series: lab is "" or `name="value"` (label values here are fixed, no escaping). */
+static int put_hist_series(struct dsw_buf *b, const struct def *d, const struct hist *h,
+                           const char *lab)
 {
     char v[40];
     uint64_t cum = 0;
-    int rc = put_header(b, d->name, d->help, "histogram");
+    int rc = 0;
+    const char *sep = *lab ? "," : "";
     for (size_t i = 0; rc == 0 && i <= d->nbuckets; i++) {
-        cum += st->buckets[i];
+        cum += h->buckets[i];
         fmt_double(v, sizeof(v), i < d->nbuckets ? d->buckets[i] : INFINITY);
-        rc = dsw_buf_printf(b, "%s_bucket{le=\"%s\"} %llu\n", d->name, v, (unsigned long long)cum);
+        rc = dsw_buf_printf(b, "%s_bucket{%s%sle=\"%s\"} %llu\n", d->name, lab, sep, v,
+                            (unsigned long long)cum);
     }
-    fmt_double(v, sizeof(v), st->hsum);
-    if (rc == 0)
+    fmt_double(v, sizeof(v), h->sum);
+    if (rc == 0 && *lab)
+        rc = dsw_buf_printf(b, "%s_sum{%s} %s\n%s_count{%s} %llu\n", d->name, lab, v, d->name, lab,
+                            (unsigned long long)h->count);
+    else if (rc == 0)
         rc = dsw_buf_printf(b, "%s_sum %s\n%s_count %llu\n", d->name, v, d->name,
-                            (unsigned long long)st->hcount);
+                            (unsigned long long)h->count);
+    return rc;
+}
+
+static int put_histogram(struct dsw_buf *b, const struct def *d, const struct state *st)
+{
+    char lab[DSW_METRICS_LABEL_MAX + 32];
+    int rc = put_header(b, d->name, d->help, "histogram");
+    if (d->nlabels == 0)
+        return rc ? rc : put_hist_series(b, d, &st->hist[0], "");
+    for (int i = 0; rc == 0 && i < MAX_HSERIES && d->values[i]; i++) {
+        snprintf(lab, sizeof(lab), "%s=\"%s\"", d->labels[0], d->values[i]);
+        rc = put_hist_series(b, d, &st->hist[i], lab);
+    }
     return rc;
 }
 

@@ -27,13 +27,18 @@ enum dsw_metric {
     DSW_METRIC_RUNS_FINISHED,     /* dsw_runs_finished_total{outcome} */
     DSW_METRIC_SQS_REQUESTS,      /* dsw_sqs_requests_total{op,result} */
     DSW_METRIC_DB_ERRORS,         /* dsw_db_errors_total */
+    DSW_METRIC_WARM_FAILURES,     /* dsw_warm_runner_failures_total: died or never ready */
     /* gauges */
     DSW_METRIC_RUNS_IN_FLIGHT, /* dsw_runs_in_flight */
     DSW_METRIC_SLOTS,          /* dsw_slots */
     DSW_METRIC_DRAINING,       /* dsw_draining (0 or 1) */
+    DSW_METRIC_WARM_READY,     /* dsw_warm_runners_ready */
     /* histograms (seconds) */
     DSW_METRIC_RUN_DURATION, /* dsw_run_duration_seconds: spawn to exit */
     DSW_METRIC_QUEUE_WAIT,   /* dsw_queue_wait_seconds: SentTimestamp to receive */
+    /* dsw_run_start_seconds{mode}: spawn or warm hand-over to the run worker's first output
+     * line; mode is "warm" or "cold" (a fixed vocabulary, both always rendered) */
+    DSW_METRIC_RUN_START,
     DSW_METRIC_COUNT
 };
 /* Rendered too, computed at render time: dsw_build_info{version} 1 and
@@ -58,10 +63,15 @@ void dsw_metrics_add(enum dsw_metric m, double delta);
 
 /* Record one observation (seconds) in a histogram; negative values count as 0. */
 void dsw_metrics_observe(enum dsw_metric m, double value);
+/* The same for a labelled histogram (dsw_run_start_seconds{mode}); label must be one of its
+ * fixed values ("warm", "cold"): anything else is a programming error (assert in debug builds,
+ * ignored otherwise), as is calling dsw_metrics_observe on it. */
+void dsw_metrics_observe_label(enum dsw_metric m, const char *label, double value);
 
 /* Current value of a series, for tests and the STATUS= line: a counter's count (labels as given
- * to dsw_metrics_inc2, NULL when unused), a gauge's value, a histogram's observation count; 0
- * for a series that does not exist. */
+ * to dsw_metrics_inc2, NULL when unused), a gauge's value, a histogram's observation count (of
+ * the label1 series of a labelled histogram; all series when label1 is NULL); 0 for a series
+ * that does not exist. */
 double dsw_metrics_value(enum dsw_metric m, const char *label1, const char *label2);
 
 /* The metric's exposition name ("dsw_claims_total"), NULL out of range. */

@@ -235,14 +235,27 @@ static void parse_sample(struct parsed *P, const char *line, const char *end)
     P->n++;
 }
 
-/* Histogram invariants: le ascending ending at +Inf, cumulative counts, +Inf == _count, _sum. */
-static void check_histogram(struct parsed *P, int fam)
+/* The labels of a sample other than le, as one string: the series a histogram sample is in. */
+static void series_of(const struct sample *s, char *out, size_t n)
+{
+    out[0] = '\0';
+    for (int i = 0; i < s->nlabels; i++)
+        snprintf(out + strlen(out), n - strlen(out), "%s=%s,", s->labels[i][0], s->labels[i][1]);
+}
+
+/* Histogram invariants, per series (label set without le): le ascending ending at +Inf,
+ * cumulative counts, +Inf == _count, _sum. */
+static void check_histogram_series(struct parsed *P, int fam, const char *series)
 {
     double prev_le = -INFINITY, prev = 0, inf = -1, count = -1;
     int sum = 0;
+    char key[600];
     for (size_t i = 0; i < P->n; i++) {
         struct sample *s = &P->s[i];
         if (s->family != fam)
+            continue;
+        series_of(s, key, sizeof(key));
+        if (strcmp(key, series))
             continue;
         size_t n = strlen(s->name);
         if (n > 7 && !strcmp(s->name + n - 7, "_bucket")) {
@@ -265,6 +278,17 @@ static void check_histogram(struct parsed *P, int fam)
     assert_true(inf >= 0);
     assert_true(sum);
     assert_true(inf == count);
+}
+
+static void check_histogram(struct parsed *P, int fam)
+{
+    char key[600];
+    for (size_t i = 0; i < P->n; i++) {
+        if (P->s[i].family != fam)
+            continue;
+        series_of(&P->s[i], key, sizeof(key));
+        check_histogram_series(P, fam, key);
+    }
 }
 
 static void parse_exposition(struct parsed *P, const char *text)
@@ -348,20 +372,23 @@ static int setup(void **state)
 static void test_every_metric_rendered(void **state)
 {
     struct parsed *P = render_parse();
-    const char *counters[] = {"dsw_messages_received_total", "dsw_messages_deleted_total",
-                              "dsw_messages_rejected_total", "dsw_messages_released_total",
-                              "dsw_messages_deferred_total", "dsw_claims_total",
-                              "dsw_runs_started_total",      "dsw_runs_finished_total",
-                              "dsw_sqs_requests_total",      "dsw_db_errors_total"};
-    const char *gauges[] = {"dsw_runs_in_flight", "dsw_slots", "dsw_draining", "dsw_build_info",
-                            "process_resident_memory_bytes"};
+    const char *counters[] = {"dsw_messages_received_total",   "dsw_messages_deleted_total",
+                              "dsw_messages_rejected_total",   "dsw_messages_released_total",
+                              "dsw_messages_deferred_total",   "dsw_claims_total",
+                              "dsw_runs_started_total",        "dsw_runs_finished_total",
+                              "dsw_sqs_requests_total",        "dsw_db_errors_total",
+                              "dsw_warm_runner_failures_total"};
+    const char *gauges[] = {"dsw_runs_in_flight", "dsw_slots",
+                            "dsw_draining",       "dsw_warm_runners_ready",
+                            "dsw_build_info",     "process_resident_memory_bytes"};
     for (size_t i = 0; i < DSW_ARRAY_LEN(counters); i++)
         assert_string_equal(type_of(P, counters[i]), "counter");
     for (size_t i = 0; i < DSW_ARRAY_LEN(gauges); i++)
         assert_string_equal(type_of(P, gauges[i]), "gauge");
     assert_string_equal(type_of(P, "dsw_run_duration_seconds"), "histogram");
     assert_string_equal(type_of(P, "dsw_queue_wait_seconds"), "histogram");
-    assert_int_equal(P->nf, DSW_ARRAY_LEN(counters) + DSW_ARRAY_LEN(gauges) + 2);
+    assert_string_equal(type_of(P, "dsw_run_start_seconds"), "histogram");
+    assert_int_equal(P->nf, DSW_ARRAY_LEN(counters) + DSW_ARRAY_LEN(gauges) + 3);
     /* Unlabelled counters and gauges read 0 from the start; labelled ones have no series yet. */
     assert_true(value(P, "dsw_messages_received_total") == 0);
     assert_true(value(P, "dsw_db_errors_total") == 0);
@@ -371,6 +398,11 @@ static void test_every_metric_rendered(void **state)
     double rss = value(P, "process_resident_memory_bytes");
     assert_true(rss > 100000 && rss < 1e10);
     assert_true(value(P, "dsw_queue_wait_seconds_count") == 0);
+    assert_true(value(P, "dsw_warm_runner_failures_total") == 0);
+    assert_true(value(P, "dsw_warm_runners_ready") == 0);
+    /* Both modes are there from the start. */
+    assert_true(value(P, "dsw_run_start_seconds_count{mode=\"warm\"}") == 0);
+    assert_true(value(P, "dsw_run_start_seconds_bucket{mode=\"cold\",le=\"+Inf\"}") == 0);
     for (int m = 0; m < DSW_METRIC_COUNT; m++)
         assert_non_null(dsw_metrics_name((enum dsw_metric)m));
     assert_null(dsw_metrics_name(DSW_METRIC_COUNT));
@@ -529,6 +561,38 @@ static void test_histograms(void **state)
     free(P);
 }
 
+static void test_labelled_histogram(void **state)
+{
+    dsw_metrics_observe_label(DSW_METRIC_RUN_START, "warm", 0.02);
+    dsw_metrics_observe_label(DSW_METRIC_RUN_START, "warm", 0.2);
+    dsw_metrics_observe_label(DSW_METRIC_RUN_START, "cold", 1.2);
+    assert_true(dsw_metrics_value(DSW_METRIC_RUN_START, "warm", NULL) == 2);
+    assert_true(dsw_metrics_value(DSW_METRIC_RUN_START, "cold", NULL) == 1);
+    assert_true(dsw_metrics_value(DSW_METRIC_RUN_START, NULL, NULL) == 3);
+    assert_true(dsw_metrics_value(DSW_METRIC_RUN_START, "tepid", NULL) == 0);
+    dsw_metrics_inc(DSW_METRIC_WARM_FAILURES, NULL, 2);
+    dsw_metrics_set(DSW_METRIC_WARM_READY, 3);
+    struct parsed *P = render_parse();
+    const char *b = "dsw_run_start_seconds_bucket";
+    char k[128];
+    snprintf(k, sizeof(k), "%s{mode=\"warm\",le=\"0.01\"}", b);
+    assert_true(value(P, k) == 0);
+    snprintf(k, sizeof(k), "%s{mode=\"warm\",le=\"0.025\"}", b);
+    assert_true(value(P, k) == 1);
+    snprintf(k, sizeof(k), "%s{mode=\"warm\",le=\"0.25\"}", b);
+    assert_true(value(P, k) == 2);
+    snprintf(k, sizeof(k), "%s{mode=\"cold\",le=\"1\"}", b);
+    assert_true(value(P, k) == 0);
+    snprintf(k, sizeof(k), "%s{mode=\"cold\",le=\"1.5\"}", b);
+    assert_true(value(P, k) == 1);
+    assert_true(value(P, "dsw_run_start_seconds_count{mode=\"warm\"}") == 2);
+    assert_true(fabs(value(P, "dsw_run_start_seconds_sum{mode=\"warm\"}") - 0.22) < 1e-9);
+    assert_true(value(P, "dsw_run_start_seconds_count{mode=\"cold\"}") == 1);
+    assert_true(value(P, "dsw_warm_runner_failures_total") == 2);
+    assert_true(value(P, "dsw_warm_runners_ready") == 3);
+    free(P);
+}
+
 /* Worst case: every labelled metric full of maximal labels that all need escaping. */
 static void test_render_bounded(void **state)
 {
@@ -539,7 +603,7 @@ static void test_render_bounded(void **state)
             l[sizeof(l) - 1] = '\0';
             snprintf(l, sizeof(l), "%03d", i);
             l[3] = '"';
-            if (m <= DSW_METRIC_DB_ERRORS)
+            if (m <= DSW_METRIC_WARM_FAILURES)
                 dsw_metrics_inc2((enum dsw_metric)m, l, l, UINT64_MAX / 2);
         }
     }
@@ -567,6 +631,7 @@ int main(void)
         cmocka_unit_test_setup(test_explicit_other_not_duplicated, setup),
         cmocka_unit_test_setup(test_gauges, setup),
         cmocka_unit_test_setup(test_histograms, setup),
+        cmocka_unit_test_setup(test_labelled_histogram, setup),
         cmocka_unit_test_setup(test_render_bounded, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
