@@ -1203,6 +1203,10 @@ static void go(struct worker *w)
         w->ready_sent = true;
         int rc = dsw_notify_ready();
         (void)rc;
+        /* Watchdog pings follow READY=1, from the loop, while it makes progress. */
+        uint64_t wd = dsw_notify_watchdog_interval_ms();
+        if (wd && dsw_watchdog_init(&w->watchdog, &w->loop, wd) != 0)
+            w->watchdog = NULL;
     }
     update_status(w);
     dsw_info("worker %s ready: %d slot(s), queue %s", w->cl.worker_id, w->slots,
@@ -1295,9 +1299,6 @@ static int init_handles(struct worker *w)
         }
         dsw_info("metrics and health on http://%s/", listen);
     }
-    uint64_t wd = dsw_notify_watchdog_interval_ms();
-    if (wd && dsw_watchdog_init(&w->watchdog, &w->loop, wd) != 0)
-        w->watchdog = NULL;
     return 0;
 }
 
