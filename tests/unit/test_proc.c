@@ -464,7 +464,8 @@ static void test_terminate_escalates(void **state)
 
 static void test_timeout_escalates(void **state)
 {
-    escalate(300, DSW_PROC_TIMEOUT);
+    /* Long enough for a sanitized child on a loaded machine to say it is ready first. */
+    escalate(3000, DSW_PROC_TIMEOUT);
 }
 
 static void test_close_while_running(void **state)
