@@ -868,6 +868,12 @@ static void on_visibility_timer(uv_timer_t *t)
     size_t n = 0;
     uint64_t now = dsw_now_ms();
     int vis = secs(w->conf->queue.visibility_timeout_ms);
+#ifdef DSW_FAILPOINTS
+    /* Failpoint: the queue heartbeat is blocked (the message comes back while its run is
+     * still running; the claim alone must keep a second child from starting). */
+    if (getenv("DSW_FAILPOINT_NO_VISIBILITY_HEARTBEAT"))
+        return;
+#endif
     for (struct job *j = w->jobs; j; j = j->next) {
         if (!j->has_message || j->state == J_FINISHING ||
             (int64_t)(now - j->received_ms) + w->conf->queue.visibility_timeout_ms > SQS_MAX_VIS_MS)

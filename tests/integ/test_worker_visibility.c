@@ -1,0 +1,113 @@
+/* Visibility: a run longer than the queue's visibility timeout (10 s, the minimum the daemon
+ * allows) is never redelivered while the daemon's visibility heartbeats work; with them blocked
+ * (failpoint DSW_FAILPOINT_NO_VISIBILITY_HEARTBEAT) the message comes back during the run and
+ * the claim alone keeps a second child from starting. Two daemons share each queue. */
+#include "testutil.h"
+
+#include "dsw/util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WAIT_MS 30000
+#define RUN     "sleep:13"
+
+static struct tu_queue q;
+static struct tu_env env;
+
+static int setup(void **state)
+{
+    tu_worker_db_init();
+    tu_queue_create(&q, tu_need_env("DSW_TEST_FAUXQS_URL"), 10);
+    tu_worker_env(&env, &q);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    tu_daemons_cleanup();
+    tu_env_free(&env);
+    return 0;
+}
+
+static int count(const struct tu_daemon *d, const char *needle)
+{
+    char *log = tu_daemon_log(d);
+    int n = 0;
+    for (const char *p = strstr(log, needle); p; p = strstr(p + 1, needle))
+        n++;
+    free(log);
+    return n;
+}
+
+static void stop(struct tu_daemon *d)
+{
+    tu_daemon_signal(d, SIGTERM);
+    assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
+}
+
+static void test_heartbeats_keep_it_invisible(void **state)
+{
+    char id[37];
+    tu_run_new(id, "STARTING", RUN);
+    char *body = tu_run_envelope(id);
+    tu_queue_send(&q, body, NULL, 0);
+    free(body);
+    struct tu_daemon *a = tu_daemon_start(&env, (const char *const[]){"run", NULL});
+    assert_true(tu_wait_status(id, "STARTED", WAIT_MS));
+    struct tu_daemon *b = tu_daemon_start(&env, (const char *const[]){"run", NULL});
+    uint64_t t0 = dsw_now_ms();
+    assert_true(tu_wait_status(id, "SUCCESS", WAIT_MS));
+    fprintf(stderr, "visibility: run took %.1f s more after the second daemon started\n",
+            (double)(dsw_now_ms() - t0) / 1000.0);
+    assert_true(tu_wait_queue_empty(&q, WAIT_MS));
+    assert_int_equal(tu_run_starts(id), 1);
+    /* One delivery in all: the first. */
+    assert_int_equal(count(a, "execute request") + count(b, "execute request"), 1);
+    assert_int_equal(count(a, "receive count 1"), 1);
+    assert_int_equal(count(a, "visibility extension"), 0); /* no failure logged */
+    stop(a);
+    stop(b);
+}
+
+static void test_blocked_heartbeats_no_second_child(void **state)
+{
+    char id[37];
+    tu_run_new(id, "STARTING", RUN);
+    char *body = tu_run_envelope(id);
+    tu_queue_send(&q, body, NULL, 0);
+    free(body);
+    struct tu_env blocked = {0};
+    tu_worker_env(&blocked, &q);
+    tu_env_set(&blocked, "DSW_FAILPOINT_NO_VISIBILITY_HEARTBEAT", "1");
+    tu_env_set(&blocked, "DSW_CLAIMS_TTL", "3s");
+    tu_env_set(&env, "DSW_CLAIMS_TTL", "3s");
+    struct tu_daemon *a = tu_daemon_start(&blocked, (const char *const[]){"run", NULL});
+    assert_true(tu_wait_status(id, "STARTED", WAIT_MS));
+    struct tu_daemon *b = tu_daemon_start(&env, (const char *const[]){"run", NULL});
+    assert_true(tu_wait_status(id, "SUCCESS", WAIT_MS));
+    assert_true(tu_wait_queue_empty(&q, WAIT_MS));
+    int redeliveries = count(a, "receive count 2") + count(b, "receive count 2");
+    int deferred = count(a, "(deferred_owned)") + count(b, "(deferred_owned)");
+    fprintf(stderr, "blocked heartbeats: %d redelivery, %d deferral(s) to the owner\n",
+            redeliveries, deferred);
+    assert_true(redeliveries >= 1);
+    assert_true(deferred >= 1);
+    assert_int_equal(tu_run_starts(id), 1);
+    assert_int_equal(tu_run_events(id, "PIPELINE_FAILURE"), 0);
+    assert_true(tu_eq_free(tu_claim_col(id, "attempt"), "1"));
+    stop(a);
+    stop(b);
+    tu_env_free(&blocked);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_heartbeats_keep_it_invisible, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_blocked_heartbeats_no_second_child, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
