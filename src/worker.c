@@ -76,6 +76,7 @@ struct job {
     bool cancel; /* the run went CANCELING / CANCELED */
     bool drained;
     bool lease_lost;
+    bool proc_closing; /* dsw_proc_close was called: exactly once per child */
     bool heartbeat_busy;
 };
 
@@ -410,7 +411,21 @@ static void on_child_exit(struct dsw_proc *p, const struct dsw_proc_exit *st, vo
             st->term_signal ? "killed by signal" : "exited with code",
             st->term_signal ? st->term_signal : st->exit_code);
     j->proc = NULL;
-    dsw_proc_close(p, on_proc_closed, j);
+    if (!j->proc_closing) {
+        j->proc_closing = true;
+        dsw_proc_close(p, on_proc_closed, j);
+    }
+}
+
+/* The lease is gone: another worker owns the run now. SIGKILL the group at once (a SIGTERM
+ * would let the child write events into a run that is no longer ours); nothing is recorded. */
+static void kill_fenced_child(struct job *j)
+{
+    j->lease_lost = true;
+    if (j->proc && !j->proc_closing) {
+        j->proc_closing = true;
+        dsw_proc_close(j->proc, on_proc_closed, j);
+    }
 }
 
 static void on_launched(int status, void *arg)
@@ -419,10 +434,9 @@ static void on_launched(int status, void *arg)
     if (!j->proc)
         return; /* the child already ended; its exit path continues */
     if (status == -ESTALE || status == -ENOENT) {
-        j->lease_lost = true;
         jlog(DSW_LOG_WARN, j, "fenced", "launch not recorded (%s): killing the run worker",
              strerror(-status));
-        dsw_proc_terminate(j->proc, DSW_PROC_TERMINATE);
+        kill_fenced_child(j);
         return;
     }
     if (status)
@@ -898,11 +912,8 @@ static void on_heartbeat(int status, void *arg)
     struct job *j = arg;
     j->heartbeat_busy = false;
     if (status == -ESTALE && j->proc) {
-        j->lease_lost = true;
         jlog(DSW_LOG_ERROR, j, "lease_lost", "lease lost: killing the run worker");
-        struct dsw_proc *p = j->proc;
-        j->proc = NULL;
-        dsw_proc_close(p, on_proc_closed, j);
+        kill_fenced_child(j);
     } else if (status && status != -ESTALE) {
         dsw_metrics_inc(DSW_METRIC_DB_ERRORS, NULL, 1);
     }
