@@ -39,6 +39,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -83,7 +84,8 @@ class History:
 
 class Pg:
     def __init__(self, out, vectors):
-        self.dir = os.path.join(out, "pg")
+        # Outside OUT: postgres must traverse every parent directory of its data.
+        self.dir = os.path.join(tempfile.mkdtemp(prefix="dsw-fault-pg."), "pg")
         self.data = os.path.join(self.dir, "data")
         self.port = free_port()
         self.bin = os.environ.get("PGBIN") or sorted(
@@ -104,11 +106,10 @@ class Pg:
 
     def init(self):
         os.makedirs(self.dir)
+        os.chmod(os.path.dirname(self.dir), 0o755)
         if self.root:
             shutil.chown(self.dir, "postgres")
             os.chmod(self.dir, 0o700)
-            # the parents must be traversable by postgres
-            os.chmod(os.path.dirname(self.dir), 0o755)
         self.as_pg([self.bin + "/initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
                     "--no-sync", "-E", "UTF8"], check=True, stdout=subprocess.DEVNULL)
         self.start()
@@ -810,7 +811,7 @@ def main():
     finally:
         drv.cleanup()
         if not a.keep:
-            shutil.rmtree(os.path.join(drv.out, "pg"), ignore_errors=True)
+            shutil.rmtree(os.path.dirname(drv.pg.dir), ignore_errors=True)
     rc = subprocess.run([sys.executable, os.path.join(HERE, "check.py"), drv.out]).returncode
     sys.exit(rc)
 
