@@ -376,7 +376,11 @@ static size_t collect(char *p, size_t size, size_t n, void *arg)
 
 long tu_sqs_call(const char *endpoint, const char *action, const char *body, char **reply)
 {
-    CURL *h = curl_easy_init();
+    static CURL *h;
+    if (!h)
+        h = curl_easy_init();
+    else
+        curl_easy_reset(h);
     struct curl_slist *hd = NULL;
     struct reply r = {0};
     char target[128];
@@ -395,7 +399,6 @@ long tu_sqs_call(const char *endpoint, const char *action, const char *body, cha
     long status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     curl_slist_free_all(hd);
-    curl_easy_cleanup(h);
     if (rc != CURLE_OK)
         fail_msg("%s %s: %s", endpoint, action, curl_easy_strerror(rc));
     if (reply)
@@ -446,6 +449,23 @@ void tu_queue_send(const struct tu_queue *q, const char *body, char *id, size_t 
     assert_non_null(mid);
     if (id)
         snprintf(id, idlen, "%s", mid);
+    json_decref(j);
+}
+
+void tu_queue_send_batch(const struct tu_queue *q, const char *const *bodies, size_t n)
+{
+    json_t *entries = json_array();
+    for (size_t i = 0; i < n; i++) {
+        char id[24];
+        snprintf(id, sizeof(id), "m%zu", i);
+        json_array_append_new(entries, json_pack("{s:s, s:s}", "Id", id, "MessageBody", bodies[i]));
+    }
+    json_t *j = sqs_json(q->endpoint, "SendMessageBatch",
+                         json_pack("{s:s, s:o}", "QueueUrl", q->url, "Entries", entries));
+    json_t *failed = json_object_get(j, "Failed");
+    if (json_array_size(failed))
+        fail_msg("SendMessageBatch: %zu failed", json_array_size(failed));
+    assert_int_equal(json_array_size(json_object_get(j, "Successful")), n);
     json_decref(j);
 }
 

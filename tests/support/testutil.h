@@ -81,6 +81,8 @@ long tu_sqs_call(const char *endpoint, const char *action, const char *body, cha
 void tu_queue_create(struct tu_queue *q, const char *endpoint, int visibility_s);
 /* SendMessage; the message id goes to id (may be NULL). */
 void tu_queue_send(const struct tu_queue *q, const char *body, char *id, size_t idlen);
+/* SendMessageBatch of n (<= 10) bodies. */
+void tu_queue_send_batch(const struct tu_queue *q, const char *const *bodies, size_t n);
 /* ApproximateNumberOfMessages and ApproximateNumberOfMessagesNotVisible. */
 void tu_queue_counts(const struct tu_queue *q, long *visible, long *inflight);
 /* ReceiveMessage (with ApproximateReceiveCount); returns the number of messages, the reply's
