@@ -521,10 +521,11 @@ class Driver:
             if not live:
                 return False
             d = rng.choice(live)
-            point = rng.choice(POINTS)
+            point = POINTS[self.point_i % len(POINTS)]  # every point in turn
+            self.point_i += 1
             if kind == "fp_kill":
                 act = "abort" if rng.random() < 0.2 else "kill"
-                spec = "%s=%s@%d" % (point, act, rng.randint(1, 4))
+                spec = "%s=%s@%d" % (point, act, rng.randint(1, 3))
                 kind = "fp_kill:" + point
             elif kind == "fp_fail":
                 spec = "%s=fail%%%d" % (point, rng.randint(2, 4))
@@ -653,10 +654,14 @@ class Driver:
             return
         gap = self.args.load_seconds / total
         done = 0
+        self.point_i = self.rng.randrange(len(POINTS))
+        # Every kind once first (in a seeded order), then at random by weight.
+        first = list(kinds)
+        self.rng.shuffle(first)
         time.sleep(min(3.0, gap))
         deadline = now() + self.args.load_seconds
         while done < total and not self.stop.is_set():
-            kind = self.rng.choices(kinds, [weights[k] for k in kinds])[0]
+            kind = first.pop(0) if first else self.rng.choices(kinds, [weights[k] for k in kinds])[0]
             if kind == "sqs_restart" and self.sqs_restarts >= self.args.max_sqs_restarts:
                 continue
             try:
