@@ -652,7 +652,7 @@ class Bench:
         w = self.start_daemon(o.fauxqs, url, n, "scale",
                               {"DSW_QUEUE_HEARTBEAT": o.scale_heartbeat})
         t_start = time.time()
-        deadline = t_start + min(60, o.scale_sleep)
+        deadline = t_start + max(10, min(120, o.scale_sleep - 10))
         inflight = 0
         while time.time() < deadline:
             inflight = self.msum(self.metrics(w), "dsw_runs_in_flight")
@@ -777,6 +777,9 @@ def table(b):
                      "heartbeat: %.2f/s)" % (S["sqs_rps"], S["vis_rps"], S["vis_rps"] * hb / 30))
         lines.append("  Postgres statements/s (worker)          %8.1f" % S["pg_rps"])
         lines.append("  runs not SUCCESS at the end             %8d" % S.get("failed", -1))
+    lines.append("")
+    lines.append("load average (1 min) at the start of each phase: " + ", ".join(
+        "%s %s" % kv for kv in R.get("load", {}).items()))
     return "\n".join(lines)
 
 
@@ -801,23 +804,25 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--moto-runs", type=int, default=500)
-    ap.add_argument("--spawn-runs", type=int, default=1000)
+    ap.add_argument("--spawn-runs", type=int, default=300)
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--lat-msgs", type=int, default=100)
     ap.add_argument("--lat-interval", type=float, default=0.1)
     ap.add_argument("--idle", type=float, default=60)
     ap.add_argument("--scale-runs", type=int, default=500)
-    ap.add_argument("--scale-sleep", type=float, default=30)
+    ap.add_argument("--scale-sleep", type=float, default=90)
     ap.add_argument("--scale-heartbeat", default="5s")
-    ap.add_argument("--scale-window", type=float, default=15)
+    ap.add_argument("--scale-window", type=float, default=20)
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--phases", default="limits,daemon-fauxqs,daemon-moto,celery-moto,idle,scale")
     o = ap.parse_args()
     b = Bench(o)
     b.setup()
     phases = o.phases.split(",")
+    b.results["load"] = {}
     for ph in phases:
         t = time.time()
+        b.results["load"][ph] = open("/proc/loadavg").read().split()[0]
         log("phase %s (load %s)" % (ph, open("/proc/loadavg").read().strip()))
         if ph == "limits":
             b.limits()
