@@ -175,6 +175,8 @@ int tu_run(char *const argv[], const char *in, char **out)
 extern char **environ;
 
 static PGconn *pg_conn;
+static char *pg_fresh; /* conninfo of a fresh database in use, or NULL */
+static char pg_fresh_name[64];
 
 PGconn *tu_pg(void)
 {
@@ -183,12 +185,50 @@ PGconn *tu_pg(void)
     if (pg_conn)
         PQfinish(pg_conn);
     const char *k[] = {"dbname", "options", NULL};
-    const char *v[] = {tu_need_env("DSW_TEST_PG_CONNINFO"),
+    const char *v[] = {pg_fresh ? pg_fresh : tu_need_env("DSW_TEST_PG_CONNINFO"),
                        "-c TimeZone=UTC -c client_min_messages=warning", NULL};
     pg_conn = PQconnectdbParams(k, v, 1);
     if (PQstatus(pg_conn) != CONNECTION_OK)
         fail_msg("postgres: %s", PQerrorMessage(pg_conn));
     return pg_conn;
+}
+
+char *tu_pg_fresh_db(void)
+{
+    char u[37];
+    tu_uuid(u);
+    tu_pg_fresh_db_drop();
+    snprintf(pg_fresh_name, sizeof(pg_fresh_name), "dsw_t_%d_%.8s", (int)getpid(), u);
+    char *sql = dsw_xasprintf("CREATE DATABASE %s", pg_fresh_name);
+    PQclear(tu_pg_exec(sql, 0, NULL));
+    free(sql);
+    pg_fresh = dsw_xasprintf("%s dbname=%s", tu_need_env("DSW_TEST_PG_CONNINFO"), pg_fresh_name);
+    PQfinish(pg_conn);
+    pg_conn = NULL;
+    char *path = tu_vector_path("schema.sql"), *schema = tu_read_file(path, NULL);
+    PGresult *r = PQexec(tu_pg(), schema);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+        fail_msg("schema.sql: %s", PQerrorMessage(tu_pg()));
+    PQclear(r);
+    free(schema);
+    free(path);
+    /* schema.sql empties search_path for its session. */
+    PQfinish(pg_conn);
+    pg_conn = NULL;
+    return strdup(pg_fresh);
+}
+
+void tu_pg_fresh_db_drop(void)
+{
+    if (!pg_fresh)
+        return;
+    free(pg_fresh);
+    pg_fresh = NULL;
+    PQfinish(pg_conn);
+    pg_conn = NULL;
+    char *sql = dsw_xasprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", pg_fresh_name);
+    PQclear(tu_pg_exec(sql, 0, NULL));
+    free(sql);
 }
 
 PGresult *tu_pg_exec(const char *sql, int n, const char *const *params)
@@ -544,7 +584,7 @@ void tu_env_free(struct tu_env *e)
 
 void tu_worker_env(struct tu_env *e, const struct tu_queue *q)
 {
-    const char *pg = tu_need_env("DSW_TEST_PG_CONNINFO");
+    const char *pg = pg_fresh ? pg_fresh : tu_need_env("DSW_TEST_PG_CONNINFO");
     static const char *const pass[] = {"PATH", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"};
     for (size_t i = 0; i < sizeof(pass) / sizeof(pass[0]); i++)
         if (getenv(pass[i]))
@@ -645,6 +685,16 @@ int tu_daemon_wait(struct tu_daemon *d, uint64_t timeout_ms)
             sleep_ms(10);
     }
     return d->status;
+}
+
+static bool is_ready(void *arg)
+{
+    return tu_daemon_log_has(arg, " ready: ");
+}
+
+bool tu_daemon_wait_ready(struct tu_daemon *d, uint64_t timeout_ms)
+{
+    return tu_wait(is_ready, d, timeout_ms);
 }
 
 void tu_daemon_signal(struct tu_daemon *d, int sig)
@@ -986,7 +1036,7 @@ void tu_proxy_stop(void)
 void tu_worker_db_init(void)
 {
     static bool done;
-    if (done)
+    if (done && !pg_fresh)
         return;
     struct tu_env e = {0};
     char *out = NULL;
@@ -996,7 +1046,7 @@ void tu_worker_db_init(void)
         fail_msg("db-init exited %d: %s", rc, out);
     free(out);
     tu_env_free(&e);
-    done = true;
+    done = done || !pg_fresh;
 }
 
 long long tu_claim_insert(const char *run_id, const char *state, const char *age,

@@ -43,6 +43,12 @@ int tu_run(char *const argv[], const char *in, char **out);
 
 /* A process-wide session on DSW_TEST_PG_CONNINFO (TimeZone UTC), connected on first use. */
 PGconn *tu_pg(void);
+/* A fresh database on the test server with vectors/schema.sql loaded (for a test whose sweeper
+ * or missing schema must not meet other tests' rows): returns a conninfo for it (heap), and
+ * makes tu_pg() use it until tu_pg_fresh_db_drop. */
+char *tu_pg_fresh_db(void);
+/* Back to DSW_TEST_PG_CONNINFO; the fresh database is dropped (WITH (FORCE)). */
+void tu_pg_fresh_db_drop(void);
 /* One parameterized statement; fails the test on an error. The caller clears the result. */
 PGresult *tu_pg_exec(const char *sql, int n, const char *const *params);
 /* First column of the first row as a heap string (NULL: no row or SQL NULL). */
@@ -117,6 +123,8 @@ struct tu_daemon {
 struct tu_daemon *tu_daemon_start(const struct tu_env *env, const char *const *args);
 /* Wait up to timeout_ms for the daemon to exit; its status, or -1 on timeout. */
 int tu_daemon_wait(struct tu_daemon *d, uint64_t timeout_ms);
+/* Wait until the daemon logged that it is ready (receiving). */
+bool tu_daemon_wait_ready(struct tu_daemon *d, uint64_t timeout_ms);
 /* Send a signal to the daemon (no-op once reaped). */
 void tu_daemon_signal(struct tu_daemon *d, int sig);
 /* Its log so far (heap). */

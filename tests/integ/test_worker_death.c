@@ -1,0 +1,110 @@
+/* Worker death: `kill -9` of a daemon during a run takes its child with it (PR_SET_PDEATHSIG),
+ * and another daemon's sweeper makes the run terminal within claims.ttl + claims.sweep; the
+ * message, back after its visibility timeout, is then deleted as terminal. Runs in a database
+ * of its own: the sweeper takes every stale claim it sees, and other tests make stale claims
+ * on purpose. */
+#include "testutil.h"
+
+#include "dsw/util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WAIT_MS 30000
+
+static struct tu_queue q;
+static struct tu_env env;
+static char *conninfo;
+
+static int setup(void **state)
+{
+    conninfo = tu_pg_fresh_db();
+    tu_worker_db_init();
+    tu_queue_create(&q, tu_need_env("DSW_TEST_FAUXQS_URL"), 10);
+    tu_worker_env(&env, &q);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    tu_daemons_cleanup();
+    tu_env_free(&env);
+    tu_pg_fresh_db_drop();
+    free(conninfo);
+    return 0;
+}
+
+static bool gone(void *arg)
+{
+    return !tu_pid_alive(*(pid_t *)arg);
+}
+
+static void kill9_during(const char *status_after, const char *canceling)
+{
+    char id[37];
+    tu_run_new(id, "STARTING", "sleep:60");
+    char *body = tu_run_envelope(id);
+    tu_queue_send(&q, body, NULL, 0);
+    free(body);
+    struct tu_daemon *a = tu_daemon_start(&env, (const char *const[]){"run", NULL});
+    assert_true(tu_wait_status(id, "STARTED", WAIT_MS));
+    const char *p[] = {id};
+    pid_t child = (pid_t)tu_pg_ll(
+        "SELECT pid FROM dagster_sqs_worker_test.child_starts WHERE run_id = $1", 1, p);
+    assert_true(tu_pid_alive(child));
+    /* The survivor sweeps every 500 ms with a 2 s ttl. */
+    struct tu_env e2 = {0};
+    tu_worker_env(&e2, &q);
+    tu_env_set(&e2, "DSW_CLAIMS_SWEEP", "500ms");
+    struct tu_daemon *b = tu_daemon_start(&e2, (const char *const[]){"run", NULL});
+    assert_true(tu_daemon_wait_ready(b, WAIT_MS));
+    uint64_t t0 = dsw_now_ms();
+    tu_daemon_signal(a, SIGKILL);
+    assert_int_equal(tu_daemon_wait(a, WAIT_MS), 128 + SIGKILL);
+    /* A cancel asked for after the worker died: nobody is left to terminate the child. */
+    if (canceling)
+        PQclear(tu_pg_exec("UPDATE runs SET status = 'CANCELING' WHERE run_id = $1", 1, p));
+    assert_true(tu_wait(gone, &child, 5000));
+    uint64_t t_child = dsw_now_ms();
+    assert_true(tu_wait_status(id, status_after, WAIT_MS));
+    uint64_t t_terminal = dsw_now_ms();
+    fprintf(stderr,
+            "worker death: child gone %llu ms after kill -9, run %s after %llu ms "
+            "(ttl 2000 + sweep 500)\n",
+            (unsigned long long)(t_child - t0), status_after,
+            (unsigned long long)(t_terminal - t0));
+    /* ttl + sweep, plus one lease interval the dead worker may have refreshed just before. */
+    assert_true(t_terminal - t0 < 2000 + 500 + 500 + 1000);
+    assert_true(tu_eq_free(tu_claim_col(id, "state"), "done"));
+    assert_true(tu_eq_free(tu_claim_col(id, "outcome"), canceling ? "canceled" : "lost"));
+    assert_int_equal(tu_run_starts(id), 1);
+    assert_true(tu_wait_queue_empty(&q, WAIT_MS));
+    assert_true(tu_daemon_log_has(b, "(terminal_skip)"));
+    tu_daemon_signal(b, SIGTERM);
+    assert_int_equal(tu_daemon_wait(b, WAIT_MS), 0);
+    tu_env_free(&e2);
+}
+
+static void test_kill9_sweeper_fails_run(void **state)
+{
+    kill9_during("FAILURE", NULL);
+    assert_true(tu_pg_ll("SELECT count(*) FROM event_logs WHERE strpos(event, "
+                         "'Run worker lost') > 0",
+                         0, NULL) == 1);
+}
+
+static void test_kill9_sweeper_cancels_canceling_run(void **state)
+{
+    kill9_during("CANCELED", "yes");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_kill9_sweeper_fails_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kill9_sweeper_cancels_canceling_run, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
