@@ -276,6 +276,18 @@ def main():
     phases = jl(out, "phases")
     info["seconds"] = round(phases[-1].get("seconds", 0), 1) if phases else None
 
+    # ---- sanitizer reports in any daemon's output (ASan/UBSan builds) ----
+    san = 0
+    d = os.path.join(out, "logs")
+    for name in sorted(os.listdir(d)):
+        with open(os.path.join(d, name), errors="replace") as f:
+            for ln in f:
+                if "ERROR: AddressSanitizer" in ln or "runtime error:" in ln or \
+                        "ERROR: LeakSanitizer" in ln:
+                    san += 1
+                    violations.append("%s: sanitizer report: %s" % (name, ln.strip()[:200]))
+    info["sanitizer_reports"] = san
+
     info["violations"] = violations
     if want_json:
         print(json.dumps(info, indent=1))
