@@ -303,6 +303,15 @@ class Bench:
             return 0
         return int(r[0][0])
 
+    def pgss_top(self, n=12):
+        try:
+            return [(int(c), q[:110]) for c, q in self.sql(
+                "SELECT calls, regexp_replace(query, '\\s+', ' ', 'g') FROM pg_stat_statements s "
+                "JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = 'bench_worker' "
+                "ORDER BY calls DESC LIMIT %s", (n,))]
+        except psycopg2.Error:
+            return []
+
     def moto_lines(self):
         try:
             with open(self.moto_log, "rb") as f:
@@ -377,6 +386,24 @@ class Bench:
         return sum(v for k, v in m.items()
                    if (k == prefix or k.startswith(prefix + "{")) and (label is None or label in k))
 
+    @staticmethod
+    def log_ts(ts):
+        t = time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        return t + float("0" + ts[19:-1])
+
+    def daemon_event_times(self, w, event):
+        out = {}
+        with open(w.log) as f:
+            for line in f:
+                if line.startswith("{") and ('"event": "%s"' % event) in line:
+                    try:
+                        j = json.loads(line)
+                    except ValueError:
+                        continue
+                    if j.get("run_id"):
+                        out.setdefault(j["run_id"], self.log_ts(j["ts"]))
+        return out
+
     def daemon_log_times(self, w):
         """Times of the first receive and the last delete in the daemon's JSON log."""
         rec, dele = [], []
@@ -390,8 +417,7 @@ class Bench:
                     continue
                 ev = j.get("event")
                 if ev in ("receive", "delete"):
-                    t = time.mktime(time.strptime(j["ts"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-                    t += float("0" + j["ts"][19:-1])
+                    t = self.log_ts(j["ts"])
                     (rec if ev == "receive" else dele).append(t)
         return (min(rec) if rec else None), (max(dele) if dele else None), len(rec), len(dele)
 
@@ -526,6 +552,7 @@ class Bench:
         m = self.metrics(w)
         sqs_req = self.msum(m, "dsw_sqs_requests_total")
         pg_calls = self.pgss_worker_calls()
+        pg_top = self.pgss_top()
         moto_req = self.moto_lines() - moto0
         t0, t1, nrec, ndel = self.daemon_log_times(w)
         res = {
@@ -535,6 +562,8 @@ class Bench:
             "sqs_per_run": sqs_req / n, "pg_per_run": pg_calls / n,
             "server_req_per_run": moto_req / n if "moto" in label else None,
             "receives": self.msum(m, "dsw_sqs_requests_total", 'op="receive'),
+            "sqs_by_op": {k: v for k, v in m.items() if k.startswith("dsw_sqs_requests_total")},
+            "pg_top": pg_top,
         }
         log("%s: %d runs, %.1f runs/s, cpu %.2f s, sqs %d, pg %d, log %d receive %d delete" % (
             label, n, res["rate"] or 0, cpu, sqs_req, pg_calls, nrec, ndel))
@@ -560,9 +589,20 @@ class Bench:
         lat = sorted((starts[r] - sent[r]) * 1000 for r in ids if r in starts)
         if not lat:
             return None
-        q = lambda p: lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))]
-        log("%s latency: n=%d p50 %.1f p95 %.1f p99 %.1f ms" % (label, len(lat), q(50), q(95), q(99)))
-        return {"p50": q(50), "p95": q(95), "p99": q(99), "n": len(lat)}
+        q = lambda v, p: v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+        log("%s latency: n=%d p50 %.1f p95 %.1f p99 %.1f ms" % (
+            label, len(lat), q(lat, 50), q(lat, 95), q(lat, 99)))
+        res = {"p50": q(lat, 50), "p95": q(lat, 95), "p99": q(lat, 99), "n": len(lat)}
+        if w.kind == "daemon":
+            # sent -> the daemon's "spawn" log line (uv_spawn returned; ms resolution): the
+            # daemon's own share, without the trampoline and the child's exec + dynamic linking
+            spawned = self.daemon_event_times(w, "spawn")
+            sp = sorted((spawned[r] - sent[r]) * 1000 for r in ids if r in spawned)
+            if sp:
+                res.update({"spawn_p50": q(sp, 50), "spawn_p95": q(sp, 95), "spawn_p99": q(sp, 99)})
+                log("%s sent->spawn: p50 %.1f p95 %.1f p99 %.1f ms" % (
+                    label, q(sp, 50), q(sp, 95), q(sp, 99)))
+        return res
 
     def throughput_celery(self, label, n):
         o = self.o
@@ -721,6 +761,8 @@ def table(b):
          ratio(lat(CM, "p95"), lat(DM, "p95"))),
         ("dispatch p99 ms", fmt(lat(DF, "p99")), fmt(lat(DM, "p99")), fmt(lat(CM, "p99")),
          ratio(lat(CM, "p99"), lat(DM, "p99"))),
+        ("  daemon's share: sent -> spawn() p50/p99", "%s/%s" % (fmt(lat(DF, "spawn_p50")), fmt(lat(DF, "spawn_p99"))),
+         "%s/%s" % (fmt(lat(DM, "spawn_p50")), fmt(lat(DM, "spawn_p99"))), "", ""),
         ("worker RSS idle MiB (60 s, empty queue)", fmt(idl("daemon", "rss_kb") and idl("daemon", "rss_kb") / 1024),
          "(same binary)", fmt(idl("celery", "rss_kb") and idl("celery", "rss_kb") / 1024),
          ratio(idl("celery", "rss_kb"), idl("daemon", "rss_kb"))),
