@@ -805,6 +805,11 @@ static void test_stdin_errors(void **state)
     run_free(&r);
 }
 
+static int said_hello(void *arg)
+{
+    return strstr(dsw_buf_str(&((struct run *)arg)->out), "O:hello\n") != NULL;
+}
+
 /* A second supervisor takes over: its callbacks, its timeout, counters from the hand-over. */
 static void test_adopt(void **state)
 {
@@ -817,11 +822,10 @@ static void test_adopt(void **state)
     run_init(&a, &o, argv);
     a.close_in_exit = 0;
     o.stdin_pipe = 1;
-    o.timeout_ms = 300; /* replaced by the adopter's */
+    o.timeout_ms = 15000; /* replaced by the adopter's */
     assert_int_equal(dsw_proc_spawn(&loop, &o, &a.p), 0);
-    while (!strstr(dsw_buf_str(&a.out), "O:hello\n"))
-        assert_true(uv_run(&loop, UV_RUN_ONCE) || 1);
-    struct dsw_proc_hooks h = {.timeout_ms = 600,
+    assert_true(tu_run_until(&loop, said_hello, &a, 10000));
+    struct dsw_proc_hooks h = {.timeout_ms = 1000,
                                .kill_grace_ms = 5000,
                                .on_line = on_line,
                                .on_drop = on_drop,
@@ -842,11 +846,16 @@ static void test_adopt(void **state)
     assert_int_equal(b.st.killed, DSW_PROC_TIMEOUT);
     assert_int_equal(b.st.term_signal, SIGTERM);
     assert_int_equal(b.st.lines, 1);
-    assert_true(b.st.first_line_ms >= 0 && b.st.first_line_ms < 600);
-    assert_true(b.st.duration_ms >= 590 && b.st.duration_ms <= ms + 1);
-    assert_true(ms >= 590);
+    assert_true(b.st.first_line_ms >= 0 && b.st.first_line_ms < 1000);
+    assert_true(b.st.duration_ms >= 990 && b.st.duration_ms <= ms + 1);
+    assert_true(ms >= 990 && ms < 14000);
     run_free(&a);
     run_free(&b);
+}
+
+static int reaped(void *arg)
+{
+    return kill(dsw_proc_pid(arg), 0) != 0;
 }
 
 /* Adoption is refused after terminate (-EBUSY) and once the child is gone (-ESRCH). */
@@ -876,9 +885,7 @@ static void test_adopt_refused(void **state)
     o.drain_ms = 60000;
     assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
     assert_true(tu_run_until(&loop, has_ready, &r, 10000));
-    pid_t pid = dsw_proc_pid(r.p);
-    while (kill(pid, 0) == 0)
-        uv_run(&loop, UV_RUN_NOWAIT);
+    assert_true(tu_run_until(&loop, reaped, r.p, 10000));
     assert_int_equal(dsw_proc_adopt(r.p, &h), -ESRCH);
     assert_int_equal(r.exits, 0);
     assert_int_equal(kill((pid_t)r.ready, SIGKILL), 0);
