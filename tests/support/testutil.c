@@ -622,6 +622,7 @@ void tu_worker_env(struct tu_env *e, const struct tu_queue *q)
 
 static struct tu_daemon *daemons[64];
 static size_t ndaemons;
+static const char *spawn_stdin = "/dev/null";
 
 struct tu_daemon *tu_spawn(const struct tu_env *env, char *const *argv)
 {
@@ -634,7 +635,7 @@ struct tu_daemon *tu_spawn(const struct tu_env *env, char *const *argv)
     assert_true(pid >= 0);
     if (pid == 0) {
         int fd = open(d->log, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
-        int in = open("/dev/null", O_RDONLY);
+        int in = open(spawn_stdin, O_RDONLY);
         if (fd < 0 || in < 0)
             _exit(126);
         dup2(in, 0);
@@ -846,6 +847,7 @@ void tu_daemons_cleanup(void)
         free(d);
     }
     ndaemons = 0;
+    spawn_stdin = "/dev/null";
     kill_children();
     nmade = 0;
 }
@@ -861,6 +863,15 @@ int tu_cli(const struct tu_env *env, const char *const *args, char **out, uint64
     }
     if (out)
         *out = tu_daemon_log(d);
+    return rc;
+}
+
+int tu_cli_in(const struct tu_env *env, const char *const *args, const char *stdin_path, char **out,
+              uint64_t timeout_ms)
+{
+    spawn_stdin = stdin_path;
+    int rc = tu_cli(env, args, out, timeout_ms);
+    spawn_stdin = "/dev/null";
     return rc;
 }
 

@@ -152,6 +152,10 @@ void tu_worker_db_init(void);
 long long tu_claim_insert(const char *run_id, const char *state, const char *age,
                           const char *message_id);
 
+/* tu_cli with stdin from the file stdin_path. */
+int tu_cli_in(const struct tu_env *env, const char *const *args, const char *stdin_path, char **out,
+              uint64_t timeout_ms);
+
 /* Poll cond every 20 ms until it holds or timeout_ms passes; dumps the daemons' logs on a
  * timeout. */
 bool tu_wait(bool (*cond)(void *arg), void *arg, uint64_t timeout_ms);
