@@ -21,6 +21,7 @@ struct admin {
     uv_loop_t loop;
     struct dsw_clients cl;
     uv_timer_t deadline;
+    uv_timer_t db_probe; /* Postgres refusing every attempt for connect_timeout: give up */
     const struct dsw_conf *conf;
     const char *run_id;
     int exit_code;
@@ -45,6 +46,7 @@ static void admin_finish(struct admin *a, int exit_code)
     a->finished = true;
     a->exit_code = exit_code;
     uv_close((uv_handle_t *)&a->deadline, noop_close);
+    uv_close((uv_handle_t *)&a->db_probe, noop_close);
     dsw_clients_close(&a->cl, admin_closed, a);
 }
 
@@ -66,6 +68,24 @@ static void on_deadline(uv_timer_t *t)
     admin_finish(a, EXIT_UNAVAILABLE);
 }
 
+/* The db reconnects forever; a command should not. Still down after connect_timeout with
+ * failed attempts behind it (a refused or unresolvable server): unreachable, exit 69, instead of
+ * waiting for the whole deadline. */
+static void on_db_probe(uv_timer_t *t)
+{
+    struct admin *a = t->data;
+    struct dsw_db_state st;
+    if (!a->cl.db)
+        return;
+    dsw_db_get_state(a->cl.db, &st);
+    if (st.up || st.errors == 0)
+        return;
+    fprintf(stderr, "dagster-sqs-worker: PostgreSQL unreachable for %lld s\n",
+            (long long)(a->conf->postgres.connect_timeout_ms / 1000));
+    printf("postgres: unreachable\n");
+    admin_finish(a, EXIT_UNAVAILABLE);
+}
+
 typedef void (*admin_start_fn)(struct admin *a);
 
 static int admin_run(const struct dsw_conf *conf, unsigned needs, const char *run_id,
@@ -77,6 +97,9 @@ static int admin_run(const struct dsw_conf *conf, unsigned needs, const char *ru
     a.deadline.data = &a;
     uv_timer_start(&a.deadline, on_deadline, (uint64_t)conf->postgres.connect_timeout_ms + 15000,
                    0);
+    uv_timer_init(&a.loop, &a.db_probe);
+    a.db_probe.data = &a;
+    uv_timer_start(&a.db_probe, on_db_probe, (uint64_t)conf->postgres.connect_timeout_ms, 1000);
     if (dsw_clients_open(&a.cl, &a.loop, conf, needs))
         admin_finish(&a, 1);
     else
