@@ -701,7 +701,9 @@ class Bench:
             time.sleep(0.1)
         ramp = time.time() - t_start
         log("scale: %d in flight after %.1f s" % (inflight, ramp))
-        window = max(5.0, min(o.scale_window, o.scale_sleep - ramp - 3))
+        # let the launch records of the last spawns drain from the daemon's one Postgres session
+        time.sleep(5)
+        window = max(5.0, min(o.scale_window, o.scale_sleep - (time.time() - t_start) - 3))
         m0 = self.metrics(w)
         c0 = w.cpu()
         self.pgss_reset()
@@ -852,7 +854,7 @@ def main():
     ap.add_argument("--lat-interval", type=float, default=0.3)
     ap.add_argument("--idle", type=float, default=60)
     ap.add_argument("--scale-runs", type=int, default=500)
-    ap.add_argument("--scale-sleep", type=float, default=90)
+    ap.add_argument("--scale-sleep", type=float, default=120)
     ap.add_argument("--scale-heartbeat", default="5s")
     ap.add_argument("--scale-window", type=float, default=20)
     ap.add_argument("--timeout", type=float, default=600)
