@@ -77,19 +77,22 @@ void tu_write_file(const char *path, const char *text, int mode)
 
 static void on_timer(uv_timer_t *t)
 {
-    *(int *)t->data = 1;
+    (*(int *)t->data)++;
 }
 
 int tu_run_until(uv_loop_t *loop, int (*cond)(void *arg), void *arg, uint64_t timeout_ms)
 {
-    int expired = 0, ok;
-    uv_timer_t timer;
-    uv_timer_init(loop, &timer);
-    timer.data = &expired;
-    uv_timer_start(&timer, on_timer, timeout_ms, 0);
-    while (!(ok = cond(arg)) && !expired)
+    int ticks = 0, ok;
+    uv_timer_t tick;
+    uv_timer_init(loop, &tick);
+    tick.data = &ticks;
+    /* A 10 ms tick, not one timer at the deadline: when a callback satisfies cond early in a
+     * UV_RUN_ONCE pass, the pass would otherwise block in poll until the deadline. */
+    uv_timer_start(&tick, on_timer, 10, 10);
+    uint64_t end = uv_now(loop) + timeout_ms;
+    while (!(ok = cond(arg)) && uv_now(loop) < end)
         uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&timer, NULL);
+    uv_close((uv_handle_t *)&tick, NULL);
     uv_run(loop, UV_RUN_NOWAIT);
     return ok;
 }
@@ -125,8 +128,9 @@ int tu_run(char *const argv[], const char *in, char **out)
         dup2(inpipe[0], 0);
         dup2(outpipe[1], 1);
         dup2(outpipe[1], 2);
-        close(inpipe[1]);
-        close(outpipe[0]);
+        /* Only 0-2 may reach the program: a daemon it starts must not hold our pipe open. */
+        for (int fd = 3; fd < 1024; fd++)
+            close(fd);
         execv(argv[0], argv);
         _exit(127);
     }
