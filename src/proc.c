@@ -5,6 +5,7 @@
 #include "dsw/proc.h"
 
 #include "dsw/log.h"
+#include "dsw/trampoline.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -575,42 +576,9 @@ void dsw_proc_env_free(char **env)
 
 /* Descriptors a library opened without O_CLOEXEC (sockets of curl, say) must not reach the run
  * worker: it would hold our connections open. */
-static void close_inherited_fds(void)
-{
-    if (close_range(3, ~0U, 0) == 0)
-        return;
-    long max = sysconf(_SC_OPEN_MAX);
-    for (long fd = 3; fd < DSW_MIN(max < 0 ? 1024 : max, 65536); fd++)
-        close((int)fd);
-}
-
-/* ---- trampoline (runs in the child, between fork/exec of ourselves and exec of the command) */
+/* ---- trampoline: see trampoline.c --------------------------------------------------------- */
 
 int dsw_proc_trampoline_main(int argc, char **argv)
 {
-    char *end = NULL;
-    if (argc < 4 || strcmp(argv[1], DSW_PROC_TRAMPOLINE_ARG) != 0) {
-        fprintf(stderr, "dagster-sqs-worker: %s is internal\n", DSW_PROC_TRAMPOLINE_ARG);
-        return 127;
-    }
-    errno = 0;
-    long ppid = strtol(argv[2], &end, 10);
-    if (errno || *end || ppid <= 0) {
-        fprintf(stderr, "dagster-sqs-worker: %s: bad parent pid\n", DSW_PROC_TRAMPOLINE_ARG);
-        return 127;
-    }
-    /* The signal follows the *thread* that forked us (the daemon's loop thread), and survives
-     * the execvp below. */
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) {
-        fprintf(stderr, "dagster-sqs-worker: prctl: %s\n", strerror(errno));
-        return 127;
-    }
-    /* The daemon may have died before prctl: then we were reparented already. */
-    if (getppid() != (pid_t)ppid)
-        return 127;
-    close_inherited_fds();
-    execvp(argv[3], argv + 3);
-    int e = errno;
-    fprintf(stderr, "dagster-sqs-worker: cannot execute %s: %s\n", argv[3], strerror(e));
-    return e == ENOENT || e == ENOTDIR ? 127 : 126;
+    return dsw_trampoline_main(argc, argv);
 }

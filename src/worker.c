@@ -17,6 +17,8 @@
 #include "dsw/proc.h"
 #include "dsw/sqs.h"
 #include "dsw/store.h"
+#include "dsw/trampoline.h"
+#include "dsw/warm.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -78,6 +80,7 @@ struct job {
     bool lease_lost;
     bool proc_closing; /* dsw_proc_close was called: exactly once per child */
     bool heartbeat_busy;
+    bool warm; /* the child is a warm runner that was handed this run */
 };
 
 struct worker {
@@ -88,7 +91,9 @@ struct worker {
     struct dsw_clients cl;
     struct dsw_watchdog *watchdog;
     struct dsw_httpd *httpd;
-    bool queue_ok; /* the last receive succeeded */
+    struct dsw_warm *warm;  /* NULL when runs.warm = 0 */
+    const char *trampoline; /* dsw-exec, or NULL: re-exec ourselves */
+    bool queue_ok;          /* the last receive succeeded */
     uint64_t sqs_seen[DSW_SQS_OP_COUNT][DSW_SQS_ERR_COUNT];
     uint64_t db_errors_seen;
     struct job *jobs;
@@ -297,7 +302,7 @@ static void on_recorded(int status, const struct dsw_store_record_result *res, v
         /* Another worker took the run over: its outcome is theirs to record. The message is
          * left to come back; the new owner or the terminal status deals with it. */
         jlog(DSW_LOG_WARN, j, "fenced", "lease lost before the outcome was recorded");
-        job_done(j);
+        job_set_visibility(j, 0, "fenced");
         return;
     }
     if (status == -ENOENT) {
@@ -390,7 +395,7 @@ static void on_proc_closed(void *arg)
     struct job *j = arg;
     if (j->lease_lost) {
         jlog(DSW_LOG_WARN, j, "fenced", "lease lost: run worker killed, nothing recorded");
-        job_done(j);
+        job_set_visibility(j, 0, "fenced");
         return;
     }
     record_exit(&j->retry);
@@ -403,6 +408,9 @@ static void on_child_exit(struct dsw_proc *p, const struct dsw_proc_exit *st, vo
     j->exited = true;
     dsw_metrics_add(DSW_METRIC_RUNS_IN_FLIGHT, -1);
     dsw_metrics_observe(DSW_METRIC_RUN_DURATION, (double)st->duration_ms / 1000.0);
+    if (st->first_line_ms >= 0)
+        dsw_metrics_observe_label(DSW_METRIC_RUN_START, j->warm ? "warm" : "cold",
+                                  (double)st->first_line_ms / 1000.0);
     struct dsw_log_ctx ctx = job_ctx(j, "child_exit");
     ctx.has_exit_code = st->term_signal == 0;
     ctx.exit_code = st->exit_code;
@@ -428,6 +436,8 @@ static void kill_fenced_child(struct job *j)
     }
 }
 
+static void record_launch(uv_timer_t *t);
+
 static void on_launched(int status, void *arg)
 {
     struct job *j = arg;
@@ -439,11 +449,32 @@ static void on_launched(int status, void *arg)
         kill_fenced_child(j);
         return;
     }
-    if (status)
-        jlog(DSW_LOG_WARN, j, "launch_record_failed",
-             "could not record the launch (%s); the run continues", strerror(-status));
+    if (status) {
+        /* Until the launch is recorded the claim says no child runs; keep trying (the lease
+         * heartbeat holds the claim meanwhile). */
+        jlog(DSW_LOG_WARN, j, "launch_record_retry",
+             "could not record the launch (%s); the run continues, retrying", strerror(-status));
+        job_retry(j, record_launch);
+        return;
+    }
+    j->retry_ms = 0;
     if (j->state == J_LAUNCHING)
         j->state = J_RUNNING;
+}
+
+static void record_launch(uv_timer_t *t)
+{
+    struct job *j = t->data;
+    if (!j->proc || j->proc_closing)
+        return;
+    struct dsw_store_launch l = {.run_id = j->req.run_id,
+                                 .token = j->token,
+                                 .child_pid = dsw_proc_pid(j->proc),
+                                 .message_id = j->has_message ? j->message_id : NULL,
+                                 .receive_count = j->receive_count};
+    int rc = dsw_store_record_launch(j->w->cl.store, &l, on_launched, j);
+    if (rc)
+        on_launched(rc, j);
 }
 
 /* runs.command split on blanks, else the run's entry point, else <python> -m dagster. */
@@ -504,14 +535,16 @@ static int child_env(const struct dsw_conf *conf, char ***out)
     return rc;
 }
 
+static void spawned(struct job *j);
+
 static void job_spawn(struct job *j)
 {
     struct worker *w = j->w;
     const struct dsw_conf *conf = w->conf;
-    char *origin = NULL, *json = NULL, **env = NULL;
+    char *origin = NULL, *json = NULL, **env = NULL, *exe = NULL;
     const char *iref =
         conf->runs.instance_ref == DSW_INSTANCE_REF_FORWARD ? j->req.instance_ref : NULL;
-    int rc = dsw_dagster_body_origin(j->body, &origin, NULL, NULL);
+    int rc = dsw_dagster_body_origin(j->body, &origin, NULL, &exe);
     if (!rc)
         rc = dsw_dagster_run_args(j->req.run_id, origin, iref, j->action == DSW_JOB_RESUME, &json);
     free(origin);
@@ -520,12 +553,33 @@ static void job_spawn(struct job *j)
         record_outcome(j, "bad_run", "dagster-sqs-worker could not read the run's code origin.");
         return;
     }
-    char **argv = child_argv(j, json);
-    free(json);
-    rc = child_env(conf, &env);
     uint64_t timeout = (uint64_t)conf->runs.timeout_ms;
     if (j->max_runtime_ms > 0 && (timeout == 0 || (uint64_t)j->max_runtime_ms < timeout))
         timeout = (uint64_t)j->max_runtime_ms;
+    if (w->warm && dsw_warm_python_matches(w->warm, exe)) {
+        const char *args[] = {"api", j->action == DSW_JOB_RESUME ? "resume_run" : "execute_run",
+                              json, NULL};
+        struct dsw_proc_hooks h = {.timeout_ms = timeout,
+                                   .kill_grace_ms = (uint64_t)conf->runs.kill_grace_ms,
+                                   .on_line = on_child_line,
+                                   .on_drop = on_child_drop,
+                                   .on_exit = on_child_exit,
+                                   .arg = j};
+        rc = dsw_warm_take(w->warm, args, &h, &j->proc);
+        j->warm = rc == 0;
+        if (rc && rc != -EAGAIN)
+            jlog(DSW_LOG_WARN, j, "warm_failed", "warm hand-over failed (%s); starting cold",
+                 strerror(-rc));
+    }
+    free(exe);
+    if (j->warm) {
+        free(json);
+        spawned(j);
+        return;
+    }
+    char **argv = child_argv(j, json);
+    free(json);
+    rc = child_env(conf, &env);
     struct dsw_proc_opts o = {
         .argv = (const char *const *)argv,
         .env = (const char *const *)env,
@@ -536,6 +590,7 @@ static void job_spawn(struct job *j)
         .on_exit = on_child_exit,
         .arg = j,
     };
+    o.trampoline = w->trampoline;
     if (!rc)
         rc = dsw_proc_spawn(&w->loop, &o, &j->proc);
     free_strv(argv);
@@ -545,19 +600,18 @@ static void job_spawn(struct job *j)
         record_outcome(j, "spawn_failed", "dagster-sqs-worker could not start the run worker.");
         return;
     }
+    spawned(j);
+}
+
+/* A child (cold or warm) now runs the job's run: count it and record the launch. */
+static void spawned(struct job *j)
+{
     j->state = J_LAUNCHING;
     dsw_metrics_inc(DSW_METRIC_RUNS_STARTED, j->action == DSW_JOB_RESUME ? "resume" : "execute", 1);
     dsw_metrics_add(DSW_METRIC_RUNS_IN_FLIGHT, 1);
-    jlog(DSW_LOG_INFO, j, "spawn", "run worker started (pid %d, %s)", dsw_proc_pid(j->proc),
-         j->action == DSW_JOB_RESUME ? "resume_run" : "execute_run");
-    struct dsw_store_launch l = {.run_id = j->req.run_id,
-                                 .token = j->token,
-                                 .child_pid = dsw_proc_pid(j->proc),
-                                 .message_id = j->has_message ? j->message_id : NULL,
-                                 .receive_count = j->receive_count};
-    rc = dsw_store_record_launch(w->cl.store, &l, on_launched, j);
-    if (rc)
-        on_launched(rc, j);
+    jlog(DSW_LOG_INFO, j, "spawn", "run worker started (pid %d, %s, %s)", dsw_proc_pid(j->proc),
+         j->action == DSW_JOB_RESUME ? "resume_run" : "execute_run", j->warm ? "warm" : "cold");
+    record_launch(&j->retry);
 }
 
 /* ---- claims ---------------------------------------------------------------------------- */
@@ -818,7 +872,10 @@ static void on_received(int status, const struct dsw_sqs_message *msgs, size_t n
         if (m->sent_timestamp > 0)
             dsw_metrics_observe(DSW_METRIC_QUEUE_WAIT,
                                 ((double)now_wall - (double)m->sent_timestamp) / 1000.0);
-        job_start(j, m, m->body, m->body_len);
+        if (w->draining) /* the poll outlived the start of the drain: give it straight back */
+            job_set_visibility(j, 0, "released");
+        else
+            job_start(j, m, m->body, m->body_len);
     }
     if (w->mode == DSW_WORKER_ONCE) {
         w->received_once = true;
@@ -1111,10 +1168,24 @@ static void on_drain_timer(uv_timer_t *t)
     terminate_all(w);
 }
 
+static void on_warm_closed(void *arg)
+{
+    (void)arg;
+}
+
+static void close_warm(struct worker *w)
+{
+    if (w->warm)
+        dsw_warm_close(w->warm, on_warm_closed, NULL);
+    w->warm = NULL;
+}
+
 static void start_drain(struct worker *w, const char *why)
 {
     if (w->draining) {
         dsw_warn("second %s: terminating running runs now", why);
+        if (w->cl.sqs)
+            dsw_sqs_cancel_receives(w->cl.sqs);
         terminate_all(w);
         return;
     }
@@ -1125,9 +1196,11 @@ static void start_drain(struct worker *w, const char *why)
     rc = dsw_notify_extend_timeout(
         (uint64_t)(w->conf->runs.drain_timeout_ms + w->conf->runs.kill_grace_ms + 30000) * 1000);
     (void)rc;
-    if (w->cl.sqs)
-        dsw_sqs_cancel_receives(w->cl.sqs);
+    /* A long poll in flight is left to finish (at most queue.wait_time): an abandoned poll can
+     * still take messages on the server side, including the ones released just now, and hide
+     * them for a whole visibility timeout. What it brings back is released at once. */
     uv_timer_stop(&w->t_receive);
+    close_warm(w);
     uv_timer_start(&w->t_drain, on_drain_timer, (uint64_t)w->conf->runs.drain_timeout_ms, 0);
     update_status(w);
     maybe_stop(w);
@@ -1146,7 +1219,10 @@ static void on_signal(uv_signal_t *s, int signum)
         dsw_log_set_level((enum dsw_log_level)fresh.log.level);
         w->slots = (int)fresh.runs.max_concurrent;
         dsw_conf_free(&fresh);
-        dsw_info("SIGHUP: reloaded log.level and runs.max_concurrent (%d slots)", w->slots);
+        dsw_info("SIGHUP: reloaded log.level and runs.max_concurrent (%d slots)%s", w->slots,
+                 w->warm ? "; warm runners recycled" : "");
+        if (w->warm)
+            dsw_warm_recycle(w->warm);
         update_status(w);
         maybe_receive(w);
         return;
@@ -1183,6 +1259,7 @@ static void maybe_stop(struct worker *w)
         dsw_httpd_close(w->httpd, on_watchdog_closed, NULL);
     w->httpd = NULL;
     w->watchdog = NULL;
+    close_warm(w);
     dsw_clients_close(&w->cl, NULL, NULL);
 }
 
@@ -1289,6 +1366,30 @@ static void on_schema(int status, const struct dsw_store_schema *res, void *arg)
         exec_body(w);
 }
 
+static int init_warm(struct worker *w)
+{
+    const struct dsw_conf *c = w->conf;
+    if (c->runs.warm <= 0 || w->mode == DSW_WORKER_EXEC)
+        return 0;
+    char **env = NULL;
+    int rc = child_env(c, &env);
+    struct dsw_warm_opts wo = {.n = (unsigned)c->runs.warm,
+                               .python = c->runs.python,
+                               .imports = c->runs.warm_imports,
+                               .entry = c->runs.warm_entry,
+                               .max_age_ms = (uint64_t)c->runs.warm_max_age_ms,
+                               .env = (const char *const *)env,
+                               .trampoline = w->trampoline};
+    if (!rc)
+        rc = dsw_warm_init(&w->loop, &wo, &w->warm);
+    dsw_proc_env_free(env);
+    if (rc)
+        dsw_error("runs.warm: cannot start the warm runner pool (%s)", strerror(-rc));
+    else
+        dsw_info("keeping %u warm runner(s) ready (%s)", wo.n, c->runs.python);
+    return rc;
+}
+
 static int init_handles(struct worker *w)
 {
     uv_timer_t *timers[] = {&w->t_receive, &w->t_visibility, &w->t_lease, &w->t_cancel,
@@ -1316,7 +1417,7 @@ static int init_handles(struct worker *w)
         }
         dsw_info("metrics and health on http://%s/", listen);
     }
-    return 0;
+    return init_warm(w);
 }
 
 int dsw_worker_main(const struct dsw_conf *conf, enum dsw_worker_mode mode, const char *exec_path)
@@ -1326,6 +1427,12 @@ int dsw_worker_main(const struct dsw_conf *conf, enum dsw_worker_mode mode, cons
     w->mode = mode;
     w->exec_path = exec_path;
     w->slots = (int)conf->runs.max_concurrent;
+    w->trampoline = dsw_trampoline_helper();
+#ifdef DSW_FAILPOINTS
+    /* Under valgrind /proc/self/exe is valgrind itself: tests name the trampoline. */
+    if (getenv("DSW_TRAMPOLINE"))
+        w->trampoline = getenv("DSW_TRAMPOLINE");
+#endif
     signal(SIGPIPE, SIG_IGN);
     srand((unsigned)(dsw_now_ns() ^ (uint64_t)getpid()));
     uv_loop_init(&w->loop);

@@ -16,6 +16,7 @@
 #ifndef DSW_PROC_H
 #define DSW_PROC_H
 
+#include "dsw/trampoline.h"
 #include "dsw/util.h"
 
 #include <stddef.h>
@@ -23,7 +24,7 @@
 #include <uv.h>
 
 /* argv[1] of the hidden trampoline form: `<self> __exec-child <parent-pid> <argv...>`. */
-#define DSW_PROC_TRAMPOLINE_ARG "__exec-child"
+#define DSW_PROC_TRAMPOLINE_ARG DSW_TRAMPOLINE_ARG
 /* Trampoline used when dsw_proc_opts.trampoline is NULL: our own binary, even if the file on
  * disk was replaced since we started. */
 #define DSW_PROC_TRAMPOLINE_SELF "/proc/self/exe"

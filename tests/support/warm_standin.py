@@ -56,3 +56,10 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+def exec_fake():
+    """Entry for the daemon-level warm test: become the fake dagster (same pid) with the argv a
+    cold child would have, so the run is executed by the runner the daemon handed it to."""
+    fake = os.environ["DSW_FAKE_DAGSTER"]
+    os.execv(fake, [fake] + sys.argv[1:])

@@ -1,0 +1,129 @@
+/* Warm runners under the real daemon (issue 10): with runs.warm = 1 and runs.python matching
+ * the run's interpreter, the run is handed to the runner that was started (and had imported its
+ * modules) before the message arrived; a run whose interpreter does not match goes cold. (That
+ * the request never appears on a command line is checked in tests/unit/test_warm.c: here the
+ * stand-in execs the fake dagster with it, as a cold child has it.) */
+#include "testutil.h"
+
+#include "dsw/util.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WAIT_MS 30000
+
+static struct tu_queue q;
+static struct tu_env env;
+
+static int setup(void **state)
+{
+    tu_worker_db_init();
+    tu_queue_create(&q, tu_need_env("DSW_TEST_FAUXQS_URL"), 10);
+    tu_worker_env(&env, &q);
+    char support[4096];
+    snprintf(support, sizeof(support), "%s/tests/support", tu_need_env("DSW_SOURCE_DIR"));
+    tu_env_set(&env, "DSW_RUNS_WARM", "1");
+    tu_env_set(&env, "DSW_RUNS_PYTHON", "/usr/bin/python3"); /* the vectors' executable_path */
+    tu_env_set(&env, "DSW_RUNS_WARM_IMPORTS", "warm_standin");
+    tu_env_set(&env, "DSW_RUNS_WARM_ENTRY", "warm_standin:exec_fake");
+    tu_env_set(&env, "PYTHONPATH", "%s", support);
+    tu_env_set(&env, "DSW_RUNS_ENV_DSW_FAKE_DAGSTER", "%s",
+               tu_need_env("DSW_SUPPORT_fake_dagster"));
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    tu_daemons_cleanup();
+    tu_env_free(&env);
+    return 0;
+}
+
+/* Pids of the processes whose command line contains text (at most max). */
+static size_t pids_with(const char *text, long *pids, size_t max)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    size_t found = 0;
+    while (d && found < max && (e = readdir(d)) != NULL) {
+        char path[300], buf[8192];
+        if (e->d_name[0] < '0' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+        FILE *f = fopen(path, "rb");
+        if (!f)
+            continue;
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        for (size_t i = 0; i < n; i++)
+            if (buf[i] == '\0')
+                buf[i] = ' ';
+        buf[n] = '\0';
+        if (strstr(buf, text))
+            pids[found++] = atol(e->d_name);
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+static bool log_has(void *arg)
+{
+    return tu_daemon_log_has(arg, "dsw-warm-runner: ready") ||
+           tu_daemon_log_has(arg, "warm runner(s) ready");
+}
+
+static void test_warm_run(void **state)
+{
+    struct tu_daemon *d = tu_daemon_start(&env, (const char *const[]){"run", NULL});
+    assert_true(tu_daemon_wait_ready(d, WAIT_MS));
+    assert_true(tu_wait(log_has, d, WAIT_MS));
+    /* The ready runner exists before the message does. */
+    long runners[8];
+    size_t nrunners = pids_with("dsw-warm-runner.py", runners, 8);
+    assert_int_equal(nrunners, 1);
+    char id[37];
+    tu_run_new(id, "STARTING", "success");
+    char *body = tu_run_envelope(id);
+    tu_queue_send(&q, body, NULL, 0);
+    free(body);
+    assert_true(tu_wait_status(id, "SUCCESS", WAIT_MS));
+    assert_int_equal(tu_run_starts(id), 1);
+    /* The run was executed by that very process (the stand-in execs the fake dagster in it). */
+    const char *p[] = {id};
+    assert_int_equal(
+        tu_pg_ll("SELECT pid FROM dagster_sqs_worker_test.child_starts WHERE run_id = $1", 1, p),
+        runners[0]);
+    assert_true(tu_wait_queue_empty(&q, WAIT_MS));
+    assert_true(tu_daemon_log_has(d, "execute_run, warm"));
+    tu_daemon_signal(d, SIGTERM);
+    assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
+}
+
+static void test_other_interpreter_goes_cold(void **state)
+{
+    tu_env_set(&env, "DSW_RUNS_PYTHON", "/opt/other/python3");
+    struct tu_daemon *d = tu_daemon_start(&env, (const char *const[]){"run", NULL});
+    assert_true(tu_daemon_wait_ready(d, WAIT_MS));
+    char id[37];
+    tu_run_new(id, "STARTING", "success");
+    char *body = tu_run_envelope(id);
+    tu_queue_send(&q, body, NULL, 0);
+    free(body);
+    assert_true(tu_wait_status(id, "SUCCESS", WAIT_MS));
+    assert_true(tu_daemon_log_has(d, "execute_run, cold"));
+    tu_daemon_signal(d, SIGTERM);
+    assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_warm_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_other_interpreter_goes_cold, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
