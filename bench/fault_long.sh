@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 build=${BUILD:-build-f8}
 if [ ! -x "$build/dagster-sqs-worker" ] || [ ! -x "$build/fake_dagster" ]; then
-    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Debug >/dev/null
+    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Debug -DDSW_FAILPOINTS=ON >/dev/null
     cmake --build "$build" -j2 >/dev/null
 fi
 export DSW_VECTORS=${DSW_VECTORS:-$here/../shared/vectors}

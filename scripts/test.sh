@@ -14,7 +14,7 @@ jobs=${JOBS:-2}
 build() { # dir, extra cmake args...
     local dir=$1
     shift
-    cmake -S . -B "$dir" -DDSW_WERROR=ON "$@" >/dev/null
+    cmake -S . -B "$dir" -DDSW_WERROR=ON -DDSW_FAILPOINTS=ON "$@" >/dev/null
     cmake --build "$dir" -j"$jobs" >/dev/null
 }
 echo "== build: normal (build/) and ASan+UBSan (build-asan/)"

@@ -466,8 +466,9 @@ static void on_heartbeat(int status, const struct dsw_db_result *r, void *arg)
     call_free(c);
 }
 
-int dsw_store_heartbeat(struct dsw_store *s, const char *run_id, int64_t token, dsw_store_cb cb,
-                        void *arg)
+/* One fenced statement on a claim ($1 run_id, $2 token) whose effect is "exactly one row". */
+static int claim_statement(struct dsw_store *s, const char *sql, const char *run_id, int64_t token,
+                           int injected, dsw_store_cb cb, void *arg)
 {
     char tok[24];
     if (!run_id || !cb)
@@ -475,22 +476,22 @@ int dsw_store_heartbeat(struct dsw_store *s, const char *run_id, int64_t token, 
     snprintf(tok, sizeof(tok), "%lld", (long long)token);
     struct call *c = call_new(s, run_id, arg);
     c->cb.done = cb;
-    c->injected = DSW_FAILPOINT("heartbeat_lease");
+    c->injected = injected;
     const char *p[] = {run_id, tok};
-    return call_query(c, SQL_HEARTBEAT, 2, p, on_heartbeat);
+    return call_query(c, sql, 2, p, on_heartbeat);
+}
+
+int dsw_store_heartbeat(struct dsw_store *s, const char *run_id, int64_t token, dsw_store_cb cb,
+                        void *arg)
+{
+    return claim_statement(s, SQL_HEARTBEAT, run_id, token, DSW_FAILPOINT("heartbeat_lease"), cb,
+                           arg);
 }
 
 int dsw_store_release(struct dsw_store *s, const char *run_id, int64_t token, dsw_store_cb cb,
                       void *arg)
 {
-    char tok[24];
-    if (!run_id || !cb)
-        return -EINVAL;
-    snprintf(tok, sizeof(tok), "%lld", (long long)token);
-    struct call *c = call_new(s, run_id, arg);
-    c->cb.done = cb;
-    const char *p[] = {run_id, tok};
-    return call_query(c, SQL_RELEASE, 2, p, on_heartbeat);
+    return claim_statement(s, SQL_RELEASE, run_id, token, 0, cb, arg);
 }
 
 static void on_summary(int status, const struct dsw_db_result *r, void *arg)

@@ -20,16 +20,13 @@ static struct tu_env env;
 
 static int setup(void **state)
 {
-    tu_worker_db_init();
-    tu_queue_create(&q, tu_need_env("DSW_TEST_FAUXQS_URL"), 10);
-    tu_worker_env(&env, &q);
+    tu_worker_setup(&q, &env, false);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    tu_daemons_cleanup();
-    tu_env_free(&env);
+    tu_worker_teardown(&env);
     tu_pg_fresh_db_drop();
     return 0;
 }
@@ -181,9 +178,7 @@ static void test_postgres_down_mid_run(void **state)
     tu_env_set(&env, "DSW_POSTGRES_CONNINFO", "%s port=%d", tu_need_env("DSW_TEST_PG_CONNINFO"),
                proxy);
     tu_run_new(id, "STARTING", "sleep:2");
-    char *body = tu_run_envelope(id);
-    tu_queue_send(&q, body, NULL, 0);
-    free(body);
+    tu_send_run(&q, id, NULL, 0);
     struct tu_daemon *d = tu_daemon_start(&env, (const char *const[]){"run", NULL});
     assert_true(tu_wait_status(id, "STARTED", WAIT_MS));
     tu_proxy_set(false);

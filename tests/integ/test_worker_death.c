@@ -16,23 +16,16 @@
 
 static struct tu_queue q;
 static struct tu_env env;
-static char *conninfo;
 
 static int setup(void **state)
 {
-    conninfo = tu_pg_fresh_db();
-    tu_worker_db_init();
-    tu_queue_create(&q, tu_need_env("DSW_TEST_FAUXQS_URL"), 10);
-    tu_worker_env(&env, &q);
+    tu_worker_setup(&q, &env, true);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    tu_daemons_cleanup();
-    tu_env_free(&env);
-    tu_pg_fresh_db_drop();
-    free(conninfo);
+    tu_worker_teardown(&env);
     return 0;
 }
 
@@ -45,9 +38,7 @@ static void kill9_during(const char *status_after, const char *canceling)
 {
     char id[37];
     tu_run_new(id, "STARTING", "sleep:60");
-    char *body = tu_run_envelope(id);
-    tu_queue_send(&q, body, NULL, 0);
-    free(body);
+    tu_send_run(&q, id, NULL, 0);
     struct tu_daemon *a = tu_daemon_start(&env, (const char *const[]){"run", NULL});
     assert_true(tu_wait_status(id, "STARTED", WAIT_MS));
     const char *p[] = {id};

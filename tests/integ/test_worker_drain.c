@@ -16,14 +16,10 @@
 
 static struct tu_queue q;
 static struct tu_env env;
-static char *conninfo;
 
 static int setup(void **state)
 {
-    conninfo = tu_pg_fresh_db();
-    tu_worker_db_init();
-    tu_queue_create(&q, tu_need_env("DSW_TEST_FAUXQS_URL"), 10);
-    tu_worker_env(&env, &q);
+    tu_worker_setup(&q, &env, true);
     tu_env_set(&env, "DSW_RUNS_DRAIN_TIMEOUT", "4s");
     return 0;
 }
@@ -31,18 +27,13 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     PQclear(PQexec(tu_pg(), "ROLLBACK"));
-    tu_daemons_cleanup();
-    tu_env_free(&env);
-    tu_pg_fresh_db_drop();
-    free(conninfo);
+    tu_worker_teardown(&env);
     return 0;
 }
 
 static void send_run(const char *id)
 {
-    char *body = tu_run_envelope(id);
-    tu_queue_send(&q, body, NULL, 0);
-    free(body);
+    tu_send_run(&q, id, NULL, 0);
 }
 
 static bool claim_blocked(void *arg)

@@ -18,16 +18,13 @@ static struct tu_env env;
 
 static int setup(void **state)
 {
-    tu_worker_db_init();
-    tu_queue_create(&q, tu_need_env("DSW_TEST_FAUXQS_URL"), 10);
-    tu_worker_env(&env, &q);
+    tu_worker_setup(&q, &env, false);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    tu_daemons_cleanup();
-    tu_env_free(&env);
+    tu_worker_teardown(&env);
     return 0;
 }
 

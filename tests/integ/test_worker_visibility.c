@@ -19,16 +19,13 @@ static struct tu_env env;
 
 static int setup(void **state)
 {
-    tu_worker_db_init();
-    tu_queue_create(&q, tu_need_env("DSW_TEST_FAUXQS_URL"), 10);
-    tu_worker_env(&env, &q);
+    tu_worker_setup(&q, &env, false);
     return 0;
 }
 
 static int teardown(void **state)
 {
-    tu_daemons_cleanup();
-    tu_env_free(&env);
+    tu_worker_teardown(&env);
     return 0;
 }
 
@@ -52,9 +49,7 @@ static void test_heartbeats_keep_it_invisible(void **state)
 {
     char id[37];
     tu_run_new(id, "STARTING", RUN);
-    char *body = tu_run_envelope(id);
-    tu_queue_send(&q, body, NULL, 0);
-    free(body);
+    tu_send_run(&q, id, NULL, 0);
     struct tu_daemon *a = tu_daemon_start(&env, (const char *const[]){"run", NULL});
     assert_true(tu_wait_status(id, "STARTED", WAIT_MS));
     struct tu_daemon *b = tu_daemon_start(&env, (const char *const[]){"run", NULL});
@@ -76,9 +71,7 @@ static void test_blocked_heartbeats_no_second_child(void **state)
 {
     char id[37];
     tu_run_new(id, "STARTING", RUN);
-    char *body = tu_run_envelope(id);
-    tu_queue_send(&q, body, NULL, 0);
-    free(body);
+    tu_send_run(&q, id, NULL, 0);
     struct tu_env blocked = {0};
     tu_worker_env(&blocked, &q);
     tu_env_set(&blocked, "DSW_FAILPOINT_NO_VISIBILITY_HEARTBEAT", "1");

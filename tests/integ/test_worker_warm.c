@@ -20,12 +20,11 @@ static struct tu_env env;
 
 static int setup(void **state)
 {
-    tu_worker_db_init();
-    tu_queue_create(&q, tu_need_env("DSW_TEST_FAUXQS_URL"), 10);
-    tu_worker_env(&env, &q);
+    tu_worker_setup(&q, &env, false);
     char support[4096];
     snprintf(support, sizeof(support), "%s/tests/support", tu_need_env("DSW_SOURCE_DIR"));
     tu_env_set(&env, "DSW_RUNS_WARM", "1");
+    tu_env_set(&env, "DSW_LOG_LEVEL", "debug");
     tu_env_set(&env, "DSW_RUNS_PYTHON", "/usr/bin/python3"); /* the vectors' executable_path */
     tu_env_set(&env, "DSW_RUNS_WARM_IMPORTS", "warm_standin");
     tu_env_set(&env, "DSW_RUNS_WARM_ENTRY", "warm_standin:exec_fake");
@@ -37,8 +36,7 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    tu_daemons_cleanup();
-    tu_env_free(&env);
+    tu_worker_teardown(&env);
     return 0;
 }
 
@@ -70,26 +68,24 @@ static size_t pids_with(const char *text, long *pids, size_t max)
     return found;
 }
 
-static bool log_has(void *arg)
+/* The pool logs (at debug) when a runner has imported its modules and said it is ready. */
+static bool runner_ready(void *arg)
 {
-    return tu_daemon_log_has(arg, "dsw-warm-runner: ready") ||
-           tu_daemon_log_has(arg, "warm runner(s) ready");
+    return tu_daemon_log_has(arg, " ready in ");
 }
 
 static void test_warm_run(void **state)
 {
     struct tu_daemon *d = tu_daemon_start(&env, (const char *const[]){"run", NULL});
     assert_true(tu_daemon_wait_ready(d, WAIT_MS));
-    assert_true(tu_wait(log_has, d, WAIT_MS));
+    assert_true(tu_wait(runner_ready, d, WAIT_MS));
     /* The ready runner exists before the message does. */
     long runners[8];
     size_t nrunners = pids_with("dsw-warm-runner.py", runners, 8);
     assert_int_equal(nrunners, 1);
     char id[37];
     tu_run_new(id, "STARTING", "success");
-    char *body = tu_run_envelope(id);
-    tu_queue_send(&q, body, NULL, 0);
-    free(body);
+    tu_send_run(&q, id, NULL, 0);
     assert_true(tu_wait_status(id, "SUCCESS", WAIT_MS));
     assert_int_equal(tu_run_starts(id), 1);
     /* The run was executed by that very process (the stand-in execs the fake dagster in it). */
@@ -110,9 +106,7 @@ static void test_other_interpreter_goes_cold(void **state)
     assert_true(tu_daemon_wait_ready(d, WAIT_MS));
     char id[37];
     tu_run_new(id, "STARTING", "success");
-    char *body = tu_run_envelope(id);
-    tu_queue_send(&q, body, NULL, 0);
-    free(body);
+    tu_send_run(&q, id, NULL, 0);
     assert_true(tu_wait_status(id, "SUCCESS", WAIT_MS));
     assert_true(tu_daemon_log_has(d, "execute_run, cold"));
     tu_daemon_signal(d, SIGTERM);

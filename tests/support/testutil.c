@@ -1075,3 +1075,32 @@ long long tu_claim_insert(const char *run_id, const char *state, const char *age
                     "RETURNING fencing_token",
                     4, p);
 }
+
+static char *fixture_db;
+
+void tu_worker_setup(struct tu_queue *q, struct tu_env *env, bool fresh_db)
+{
+    if (fresh_db)
+        fixture_db = tu_pg_fresh_db();
+    tu_worker_db_init();
+    tu_queue_create(q, tu_need_env("DSW_TEST_FAUXQS_URL"), 10);
+    tu_worker_env(env, q);
+}
+
+void tu_worker_teardown(struct tu_env *env)
+{
+    tu_daemons_cleanup();
+    tu_env_free(env);
+    if (fixture_db) {
+        tu_pg_fresh_db_drop();
+        free(fixture_db);
+        fixture_db = NULL;
+    }
+}
+
+void tu_send_run(const struct tu_queue *q, const char *run_id, char *msg_id, size_t n)
+{
+    char *body = tu_run_envelope(run_id);
+    tu_queue_send(q, body, msg_id, n);
+    free(body);
+}

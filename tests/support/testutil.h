@@ -146,6 +146,14 @@ int tu_cli(const struct tu_env *env, const char *const *args, char **out, uint64
 
 /* `db-init` against the test database (once per process); fails the test unless it exits 0. */
 void tu_worker_db_init(void);
+
+/* The worker tests' fixture: the claims schema, a fresh queue on fauxqs (visibility 10 s), the
+ * worker environment for it; with fresh_db, a database of the test's own first (tu_pg_fresh_db).
+ * Teardown kills and reaps every daemon and frees the environment (and drops the database). */
+void tu_worker_setup(struct tu_queue *q, struct tu_env *env, bool fresh_db);
+void tu_worker_teardown(struct tu_env *env);
+/* Send run_id's execute_job envelope to q (msg_id, when not NULL, receives the MessageId). */
+void tu_send_run(const struct tu_queue *q, const char *run_id, char *msg_id, size_t n);
 /* A claim row for run_id as another (possibly dead) worker would have left it: state,
  * heartbeat age (an interval, e.g. '1 hour' or '0'), message id (may be NULL). Returns the
  * token. */
