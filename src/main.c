@@ -164,26 +164,44 @@ static int cmd_check_config(const struct cli *cli, const struct dsw_conf *conf)
     return EXIT_OK;
 }
 
-/* What each command needs from the configuration, and its body. */
+/* The commands after check-config: what each needs from the configuration (checked first,
+ * exit 78), and its body. */
+static const struct command {
+    const char *name;
+    unsigned needs;
+} commands_needs[] = {
+    {"db-init", DSW_CONF_NEED_DB},
+    {"exec", DSW_CONF_NEED_DB | DSW_CONF_NEED_RUNS},
+    {"enqueue", DSW_CONF_NEED_QUEUE | DSW_CONF_NEED_DB},
+    {"status", DSW_CONF_NEED_QUEUE | DSW_CONF_NEED_DB},
+    {"once", DSW_CONF_NEED_QUEUE | DSW_CONF_NEED_DB | DSW_CONF_NEED_RUNS},
+    {"run", DSW_CONF_NEED_QUEUE | DSW_CONF_NEED_DB | DSW_CONF_NEED_RUNS},
+};
+
 static int dispatch(const struct cli *cli, const struct dsw_conf *conf)
 {
     const char *c = cli->command;
     if (strcmp(c, "check-config") == 0)
         return cmd_check_config(cli, conf);
+    for (size_t i = 0; i < DSW_ARRAY_LEN(commands_needs); i++) {
+        if (strcmp(c, commands_needs[i].name) == 0) {
+            int rc = require(conf, commands_needs[i].needs);
+            if (rc)
+                return rc;
+            break;
+        }
+    }
     if (strcmp(c, "db-init") == 0)
-        return require(conf, DSW_CONF_NEED_DB) ?: dsw_admin_db_init(conf);
+        return dsw_admin_db_init(conf);
     if (strcmp(c, "exec") == 0)
-        return require(conf, DSW_CONF_NEED_DB | DSW_CONF_NEED_RUNS)
-                   ?: dsw_worker_main(conf, DSW_WORKER_EXEC, cli->argv[0]);
-    unsigned all = DSW_CONF_NEED_QUEUE | DSW_CONF_NEED_DB | DSW_CONF_NEED_RUNS;
+        return dsw_worker_main(conf, DSW_WORKER_EXEC, cli->argv[0]);
     if (strcmp(c, "enqueue") == 0)
-        return require(conf, DSW_CONF_NEED_QUEUE | DSW_CONF_NEED_DB)
-                   ?: dsw_admin_enqueue(conf, cli->argv[0]);
+        return dsw_admin_enqueue(conf, cli->argv[0]);
     if (strcmp(c, "status") == 0)
-        return require(conf, DSW_CONF_NEED_QUEUE | DSW_CONF_NEED_DB) ?: dsw_admin_status(conf);
+        return dsw_admin_status(conf);
     if (strcmp(c, "once") == 0)
-        return require(conf, all) ?: dsw_worker_main(conf, DSW_WORKER_ONCE, NULL);
-    return require(conf, all) ?: dsw_worker_main(conf, DSW_WORKER_RUN, NULL);
+        return dsw_worker_main(conf, DSW_WORKER_ONCE, NULL);
+    return dsw_worker_main(conf, DSW_WORKER_RUN, NULL);
 }
 
 int main(int argc, char **argv)
