@@ -406,9 +406,14 @@ static void connected(struct dsw_db *db)
         return;
     }
     db->state = S_SETUP;
+    /* synchronous_commit = on whatever the server's default: a message is deleted once its
+     * outcome's COMMIT returns, so that COMMIT must mean the outcome survives a server crash
+     * (found by the fault run: a server with synchronous_commit=off lost three committed
+     * outcomes whose messages were already gone). */
     qpush(&db->setup, query_new(Q_SETUP,
                                 "SELECT pg_catalog.set_config('TimeZone', 'UTC', false), "
-                                "pg_catalog.set_config('statement_timeout', $1, false)",
+                                "pg_catalog.set_config('statement_timeout', $1, false), "
+                                "pg_catalog.set_config('synchronous_commit', 'on', false)",
                                 1, p));
     for (struct chan *c = db->chans; c; c = c->next) {
         char sql[CHANNEL_MAX + 16];

@@ -129,6 +129,9 @@ static void test_query_params_and_errors(void **state)
     assert_string_equal(q.v0, "UTC");
     run_q(&f, &q, "SHOW statement_timeout", 0, NULL);
     assert_string_equal(q.v0, "15s");
+    /* The test server runs with synchronous_commit=off; our sessions must not. */
+    run_q(&f, &q, "SHOW synchronous_commit", 0, NULL);
+    assert_string_equal(q.v0, "on");
     /* A callback never fires from inside the call. */
     memset(&q, 0, sizeof(q));
     assert_int_equal(dsw_db_query(f.db, "SELECT 1", 0, NULL, on_q, &q), 0);
