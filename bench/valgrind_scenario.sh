@@ -4,12 +4,9 @@
 # fauxqs restart, SIGSTOP past the lease, duplicates, hostile bodies; no kill -9, which would
 # cut valgrind's report), then a SIGTERM drain. Prints each daemon's ERROR SUMMARY and leak
 # summary; exit 1 on any memcheck error or definite leak, or on an invariant violation.
-# Limitation: proc.c starts run workers through a re-exec of /proc/self/exe (the PDEATHSIG
-# trampoline), which under valgrind is valgrind's own tool binary ("You cannot run
-# '/proc/self/exe' directly"; with --trace-children=yes: "mmap failed in UME"), so every child
-# exits 1 at once and each run is recorded FAILURE: the daemon's whole pipeline (claim, spawn,
-# supervise, record, delete, sweep) runs under memcheck, the children's behaviours do not.
-# The ASan+UBSan build runs the full scenario (tests/integ/test_fault_short.c).
+# Run workers start through the dsw-exec trampoline, named with DSW_TRAMPOLINE: under valgrind
+# the daemon's /proc/self/exe is valgrind's own tool binary, so neither the re-exec fallback nor
+# the lookup next to it would find it. Children are not traced (only the daemons are checked).
 #   RUNS=40 FAULTS=10 LOAD=60 SEED=31 BUILD=build-f8 OUT=/tmp/dsw-fault-valgrind
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +17,7 @@ if [ ! -x "$build/dagster-sqs-worker" ] || [ ! -x "$build/fake_dagster" ]; then
     cmake --build "$build" -j2 >/dev/null
 fi
 export DSW_VECTORS=${DSW_VECTORS:-$here/../shared/vectors}
+export DSW_TRAMPOLINE=$here/$build/dsw-exec
 out=${OUT:-/tmp/dsw-fault-valgrind}
 vg="valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite"
 vg="$vg --errors-for-leak-kinds=definite --track-fds=no --log-file=$out.vg/%INC%.%p.log"

@@ -259,7 +259,7 @@ class Daemon:
             "DSW_HTTP_LISTEN": "127.0.0.1:%d" % self.port, "DSW_LOG_FORMAT": "json",
             "DSW_LOG_LEVEL": "info",
         }
-        for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
+        for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "DSW_TRAMPOLINE"):
             if k in os.environ:
                 env[k] = os.environ[k]
         if fp:
