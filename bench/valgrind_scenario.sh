@@ -17,7 +17,7 @@ if [ ! -x "$build/dagster-sqs-worker" ] || [ ! -x "$build/fake_dagster" ]; then
     cmake --build "$build" -j2 >/dev/null
 fi
 export DSW_VECTORS=${DSW_VECTORS:-$here/../shared/vectors}
-export DSW_TRAMPOLINE=$here/$build/dsw-exec
+case $build in /*) export DSW_TRAMPOLINE=$build/dsw-exec ;; *) export DSW_TRAMPOLINE=$here/$build/dsw-exec ;; esac
 out=${OUT:-/tmp/dsw-fault-valgrind}
 vg="valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite"
 vg="$vg --errors-for-leak-kinds=definite --track-fds=no --log-file=$out.vg/%INC%.%p.log"
