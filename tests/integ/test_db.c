@@ -330,77 +330,6 @@ static void test_close_cancels_everything(void **state)
 
 /* --- a server restart ---------------------------------------------------------------------- */
 
-/* Run argv with no inherited descriptors but 0-2 (/dev/null): the postmaster pg_ctl leaves
- * behind must not hold a pipe of ours open. Returns the exit status. */
-static int run_quiet(char *const argv[])
-{
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int fd = open("/dev/null", O_RDWR);
-        dup2(fd, 0);
-        if (!getenv("DSW_TEST_VERBOSE")) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        for (int i = 3; i < 1024; i++)
-            close(i);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int st;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-static int pg_ctl(const char *action)
-{
-    const char *bin = tu_need_env("DSW_TEST_PG_BIN");
-    const char *data = tu_need_env("DSW_TEST_PG_DATA");
-    const char *port = tu_need_env("DSW_TEST_PG_PORT");
-    char *tmp = dsw_xstrdup(data);
-    char *dir = dsw_xstrdup(dirname(tmp));
-    char *ctl = dsw_xasprintf("%s/pg_ctl", bin);
-    char *log = dsw_xasprintf("%s/server.log", dir);
-    /* The same options scripts/services.sh starts the server with. */
-    char *opts = dsw_xasprintf("-p %s -k %s -c listen_addresses=127.0.0.1 -c fsync=off "
-                               "-c synchronous_commit=off -c full_page_writes=off "
-                               "-c max_connections=200",
-                               port, dir);
-    char *argv[20];
-    int n = 0;
-    if (getuid() == 0) {
-        argv[n++] = "/usr/sbin/runuser";
-        argv[n++] = "-u";
-        argv[n++] = "postgres";
-        argv[n++] = "--";
-    }
-    argv[n++] = ctl;
-    argv[n++] = "-D";
-    argv[n++] = (char *)data;
-    argv[n++] = "-w";
-    argv[n++] = "-t";
-    argv[n++] = "30";
-    if (strcmp(action, "start") == 0) {
-        argv[n++] = "-l";
-        argv[n++] = log;
-        argv[n++] = "-o";
-        argv[n++] = opts;
-    } else if (strcmp(action, "stop") == 0) {
-        argv[n++] = "-m";
-        argv[n++] = "fast";
-    }
-    argv[n++] = (char *)action;
-    argv[n] = NULL;
-    int rc = run_quiet(argv);
-    free(opts);
-    free(log);
-    free(ctl);
-    free(dir);
-    free(tmp);
-    return rc;
-}
-
 static int is_down(void *arg)
 {
     return ((struct fixture *)arg)->downs > 0;
@@ -434,7 +363,7 @@ static void test_server_restart(void **state)
     char num[8][16];
     open_db(&f, 0);
     run_q(&f, &q, "SELECT 1", 0, NULL);
-    assert_int_equal(pg_ctl("stop"), 0);
+    assert_int_equal(tu_pg_ctl("stop"), 0);
     assert_true(tu_run_until(&f.loop, is_down, &f, 10000));
     struct dsw_db_state st;
     dsw_db_get_state(f.db, &st);
@@ -453,7 +382,7 @@ static void test_server_restart(void **state)
     dsw_db_get_state(f.db, &st);
     assert_int_equal(st.queued, 9);
 
-    assert_int_equal(pg_ctl("start"), 0);
+    assert_int_equal(tu_pg_ctl("start"), 0);
     assert_true(tu_run_until(&f.loop, all_done, &m, 30000));
     for (int i = 0; i < 8; i++) {
         char want[16];
@@ -474,8 +403,8 @@ static void test_server_restart(void **state)
 /* Whatever happened in a test, leave the server running for the next one. */
 static int ensure_server(void **state)
 {
-    if (pg_ctl("status") != 0)
-        return pg_ctl("start");
+    if (tu_pg_ctl("status") != 0)
+        return tu_pg_ctl("start");
     return 0;
 }
 

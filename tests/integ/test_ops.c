@@ -41,33 +41,12 @@ static struct fixture F;
 
 /* ---- small process helpers (no shell) ------------------------------------------------ */
 
-/* Run argv with stdout+stderr appended to log (or /dev/null) and wait for it. */
-static int run_quiet(char *const argv[], const char *log)
-{
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int fd = open(log ? log : "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0600);
-        int in = open("/dev/null", O_RDONLY);
-        dup2(in, 0);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        for (int i = 3; i < 1024; i++)
-            close(i);
-        execvp(argv[0], argv);
-        _exit(127);
-    }
-    int st;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
 static void services(const char *what)
 {
     char script[4096];
     snprintf(script, sizeof(script), "%s/scripts/services.sh", tu_need_env("DSW_SOURCE_DIR"));
     char *argv[] = {"bash", script, (char *)what, F.dir, NULL};
-    if (run_quiet(argv, NULL) != 0)
+    if (tu_run_quiet(argv, NULL) != 0)
         fail_msg("services.sh %s failed", what);
 }
 
@@ -287,7 +266,7 @@ static void make_run(const char *run_id, const char *status, const char *behavio
     snprintf(script, sizeof(script), "%s/scripts/mkrun.py", tu_need_env("DSW_SOURCE_DIR"));
     char *argv[] = {"python3",      script,           F.pg_conninfo, (char *)run_id,
                     (char *)status, (char *)behavior, NULL};
-    assert_int_equal(run_quiet(argv, F.log_path), 0);
+    assert_int_equal(tu_run_quiet(argv, F.log_path), 0);
 }
 
 static void uuid(char out[37])

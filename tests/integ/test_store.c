@@ -840,73 +840,9 @@ static void test_record_killed_midway(void **state)
 
 /* --- a server restart with writes queued --------------------------------------------------- */
 
-/* Run argv with only /dev/null inherited, so the postmaster keeps no pipe of ours open. */
-static int run_quiet(char *const argv[])
-{
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int fd = open("/dev/null", O_RDWR);
-        dup2(fd, 0);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        for (int i = 3; i < 1024; i++)
-            close(i);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int st;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-/* pg_ctl as scripts/services.sh runs it (same port, socket dir and -o options). */
-static int pg_ctl(const char *action)
-{
-    const char *data = tu_need_env("DSW_TEST_PG_DATA");
-    char *tmp = dsw_xstrdup(data);
-    char *dir = dsw_xstrdup(dirname(tmp));
-    char *ctl = dsw_xasprintf("%s/pg_ctl", tu_need_env("DSW_TEST_PG_BIN"));
-    char *log = dsw_xasprintf("%s/server.log", dir);
-    char *opts = dsw_xasprintf("-p %s -k %s -c listen_addresses=127.0.0.1 -c fsync=off "
-                               "-c synchronous_commit=off -c full_page_writes=off "
-                               "-c max_connections=200",
-                               tu_need_env("DSW_TEST_PG_PORT"), dir);
-    char *argv[20];
-    int n = 0;
-    if (getuid() == 0) {
-        argv[n++] = "/usr/sbin/runuser";
-        argv[n++] = "-u";
-        argv[n++] = "postgres";
-        argv[n++] = "--";
-    }
-    argv[n++] = ctl;
-    argv[n++] = "-D";
-    argv[n++] = (char *)data;
-    argv[n++] = "-w";
-    if (strcmp(action, "start") == 0) {
-        argv[n++] = "-l";
-        argv[n++] = log;
-        argv[n++] = "-o";
-        argv[n++] = opts;
-    } else if (strcmp(action, "stop") == 0) {
-        argv[n++] = "-m";
-        argv[n++] = "fast";
-    }
-    argv[n++] = (char *)action;
-    argv[n] = NULL;
-    int rc = run_quiet(argv);
-    free(opts);
-    free(log);
-    free(ctl);
-    free(dir);
-    free(tmp);
-    return rc;
-}
-
 static int ensure_server(void **state)
 {
-    return pg_ctl("status") == 0 ? 0 : pg_ctl("start");
+    return tu_pg_ctl("status") == 0 ? 0 : tu_pg_ctl("start");
 }
 
 static int db0_down(void *arg)
@@ -931,7 +867,7 @@ static void test_record_across_restart(void **state)
     rid(&f, "06", other);
     set_status(&f, id, "STARTED");
     struct wait a = claim(&f, 0, id, "m"), b = claim(&f, 0, other, "m");
-    assert_int_equal(pg_ctl("stop"), 0);
+    assert_int_equal(tu_pg_ctl("stop"), 0);
     assert_true(tu_run_until(&f.loop, db0_down, &f, 10000));
 
     struct wait w[3];
@@ -941,7 +877,7 @@ static void test_record_across_restart(void **state)
     assert_int_equal(dsw_store_heartbeat(f.st[0], other, b.claim.token, on_done, &w[1]), 0);
     assert_int_equal(dsw_store_load(f.st[0], id, on_load, &w[2]), 0);
     assert_false(tu_run_until(&f.loop, writes_done, w, 500));
-    assert_int_equal(pg_ctl("start"), 0);
+    assert_int_equal(tu_pg_ctl("start"), 0);
     assert_true(tu_run_until(&f.loop, writes_done, w, 30000));
     assert_int_equal(w[0].status, 0);
     assert_true(w[0].rr.changed);

@@ -2,6 +2,7 @@
 #include "testutil.h"
 
 #include <errno.h>
+#include <libgen.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -1103,4 +1104,76 @@ void tu_send_run(const struct tu_queue *q, const char *run_id, char *msg_id, siz
     char *body = tu_run_envelope(run_id);
     tu_queue_send(q, body, msg_id, n);
     free(body);
+}
+
+/* Run argv with no inherited descriptors but 0-2 (/dev/null): the postmaster pg_ctl leaves
+ * behind must not hold a pipe of ours open. Returns the exit status. */
+int tu_run_quiet(char *const argv[], const char *log)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int in = open("/dev/null", O_RDONLY);
+        int fd = log ? open(log, O_WRONLY | O_CREAT | O_APPEND, 0600) : open("/dev/null", O_WRONLY);
+        dup2(in, 0);
+        if (log || !getenv("DSW_TEST_VERBOSE")) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        for (int i = 3; i < 1024; i++)
+            close(i);
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+int tu_pg_ctl(const char *action)
+{
+    const char *bin = tu_need_env("DSW_TEST_PG_BIN");
+    const char *data = tu_need_env("DSW_TEST_PG_DATA");
+    const char *port = tu_need_env("DSW_TEST_PG_PORT");
+    char *tmp = dsw_xstrdup(data);
+    char *dir = dsw_xstrdup(dirname(tmp));
+    char *ctl = dsw_xasprintf("%s/pg_ctl", bin);
+    char *log = dsw_xasprintf("%s/server.log", dir);
+    /* The same options scripts/services.sh starts the server with. */
+    char *opts = dsw_xasprintf("-p %s -k %s -c listen_addresses=127.0.0.1 -c fsync=off "
+                               "-c synchronous_commit=off -c full_page_writes=off "
+                               "-c max_connections=200",
+                               port, dir);
+    char *argv[20];
+    int n = 0;
+    if (getuid() == 0) {
+        argv[n++] = "/usr/sbin/runuser";
+        argv[n++] = "-u";
+        argv[n++] = "postgres";
+        argv[n++] = "--";
+    }
+    argv[n++] = ctl;
+    argv[n++] = "-D";
+    argv[n++] = (char *)data;
+    argv[n++] = "-w";
+    argv[n++] = "-t";
+    argv[n++] = "30";
+    if (strcmp(action, "start") == 0) {
+        argv[n++] = "-l";
+        argv[n++] = log;
+        argv[n++] = "-o";
+        argv[n++] = opts;
+    } else if (strcmp(action, "stop") == 0) {
+        argv[n++] = "-m";
+        argv[n++] = "fast";
+    }
+    argv[n++] = (char *)action;
+    argv[n] = NULL;
+    int rc = tu_run_quiet(argv, NULL);
+    free(opts);
+    free(log);
+    free(ctl);
+    free(dir);
+    free(tmp);
+    return rc;
 }

@@ -28,6 +28,14 @@ int tu_run_until(uv_loop_t *loop, int (*cond)(void *arg), void *arg, uint64_t ti
 /* Close every handle still open, run the loop dry and assert uv_loop_close() == 0. */
 void tu_loop_close(uv_loop_t *loop);
 
+/* Run argv (no shell; argv[0] searched in PATH) with stdin on /dev/null, stdout+stderr appended to
+ * log (NULL: /dev/null) and only descriptors 0-2 inherited, so a server it starts keeps nothing of
+ * ours open; waits and returns the exit status (or 128+signal). */
+int tu_run_quiet(char *const argv[], const char *log);
+/* pg_ctl ACTION ("start", "stop", "status") on the suite's PostgreSQL, as scripts/services.sh
+ * runs it (same port, socket dir and options; as the postgres user when root). */
+int tu_pg_ctl(const char *action);
+
 /* Run argv (no shell) with stdin from in (may be NULL), capture stdout+stderr into *out (caller
  * frees); returns the exit status (or 128+signal). */
 int tu_run(char *const argv[], const char *in, char **out);
