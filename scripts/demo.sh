@@ -11,7 +11,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-export DSW_VECTORS=${DSW_VECTORS:-$here/../shared/vectors}
+export DSW_VECTORS=${DSW_VECTORS:-$here/tests/vectors}
 
 bash scripts/deps.sh
 echo "== build"

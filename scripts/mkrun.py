@@ -3,7 +3,7 @@
 
 usage: mkrun.py CONNINFO RUN_ID STATUS BEHAVIOR
 
-The run body is the real one from shared/vectors/runs_row.json with the run id and status
+The run body is the real one from tests/vectors/runs_row.json with the run id and status
 replaced; BEHAVIOR goes in the run tag dsw/test_behavior, which the test double of
 `dagster api execute_run` (tests/support/prog_fake_dagster.c) obeys. psql does the insert,
 with every value passed as a psql variable (no SQL is built from the values).
@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
-vectors = os.environ.get("DSW_VECTORS", os.path.join(here, "..", "..", "shared", "vectors"))
+vectors = os.environ.get("DSW_VECTORS", os.path.join(here, "..", "tests", "vectors"))
 
 
 def main():

@@ -7,7 +7,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-vectors=${DSW_VECTORS:-$here/../shared/vectors}
+vectors=${DSW_VECTORS:-$here/tests/vectors}
 PGBIN=${PGBIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)}
 
 free_port() {
