@@ -288,8 +288,11 @@ static char *dup_or_null(const char *s)
 
 int dsw_warm_runner_path(char **out)
 {
+    /* install tree, source-tree build (build/ beside libexec/), any build directory (CMake
+     * copies the runner next to the binary) */
     static const char *const rel[] = {"/../libexec/dagster-sqs-worker/" DSW_WARM_RUNNER_NAME,
-                                      "/../libexec/" DSW_WARM_RUNNER_NAME};
+                                      "/../libexec/" DSW_WARM_RUNNER_NAME,
+                                      "/" DSW_WARM_RUNNER_NAME};
     char exe[PATH_MAX];
     *out = NULL;
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);

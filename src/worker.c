@@ -1384,7 +1384,9 @@ static int init_warm(struct worker *w)
         rc = dsw_warm_init(&w->loop, &wo, &w->warm);
     dsw_proc_env_free(env);
     if (rc)
-        dsw_error("runs.warm: cannot start the warm runner pool (%s)", strerror(-rc));
+        dsw_error("runs.warm: cannot start the warm runner pool (%s); the runner %s is looked "
+                  "for in ../libexec/dagster-sqs-worker/, ../libexec/ and beside the binary",
+                  strerror(-rc), DSW_WARM_RUNNER_NAME);
     else
         dsw_info("keeping %u warm runner(s) ready (%s)", wo.n, c->runs.python);
     return rc;
