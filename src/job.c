@@ -35,12 +35,17 @@ enum dsw_job_action dsw_job_decide(const struct dsw_job_facts *f)
     bool startable = is(s, "NOT_STARTED") || is(s, "STARTING");
     if (!startable && !is(s, "STARTED"))
         return DSW_JOB_DELETE_UNEXPECTED;
+    /* STARTED with no claim row: another launcher or a person started it. It is not ours:
+     * delete the message (unexpected_status) and never touch the run, not even to give up. */
+    if (!startable && f->claim == DSW_JOB_CLAIM_NONE)
+        return DSW_JOB_DELETE_UNEXPECTED;
     if (f->receive_count > f->max_receives && unowned(f->claim))
         return DSW_JOB_RECORD_GIVE_UP;
     if (startable)
         return DSW_JOB_EXECUTE;
-    /* STARTED with no live owner: the worker that started it is gone. */
-    if ((f->resume_enabled || f->resume_requested) && f->resumes_done < f->max_resumes)
+    /* STARTED, our claim stale or done: the worker that started it is gone. Only runs.resume
+     * resumes; a resume_job message does not override the config (SPEC §4). */
+    if (f->resume_enabled && f->resumes_done < f->max_resumes)
         return DSW_JOB_RESUME;
     return DSW_JOB_RECORD_LOST;
 }

@@ -43,11 +43,16 @@ static const struct row rows[] = {
     {"NOT_STARTED", S, 1, 2, 0, 0, 0, DSW_JOB_EXECUTE},
     /* STARTED with no live owner: resume when allowed, else record the loss */
     {"STARTED", S, 0, 2, 0, 1, 0, DSW_JOB_RESUME},
-    {"STARTED", N, 0, 2, 0, 1, 0, DSW_JOB_RESUME},
-    {"STARTED", S, 0, 2, 1, 0, 0, DSW_JOB_RESUME},
+    {"STARTED", S, 0, 2, 1, 1, 0, DSW_JOB_RESUME},
+    /* a resume_job message does not override runs.resume = off */
+    {"STARTED", S, 0, 2, 1, 0, 0, DSW_JOB_RECORD_LOST},
+    {"STARTED", S, 0, 2, 1, 1, 1, DSW_JOB_RECORD_LOST},
+    /* STARTED with no claim row is not ours: delete the message, never record on the run */
+    {"STARTED", N, 0, 2, 0, 1, 0, DSW_JOB_DELETE_UNEXPECTED},
+    {"STARTED", N, 0, 2, 1, 1, 0, DSW_JOB_DELETE_UNEXPECTED},
     {"STARTED", S, 0, 2, 0, 1, 1, DSW_JOB_RECORD_LOST},
     {"STARTED", S, 0, 2, 0, 0, 0, DSW_JOB_RECORD_LOST},
-    {"STARTED", N, 0, 1, 0, 0, 0, DSW_JOB_RECORD_LOST},
+    {"STARTED", N, 0, 1, 0, 0, 0, DSW_JOB_DELETE_UNEXPECTED},
     {"STARTED", D, 0, 1, 0, 0, 0, DSW_JOB_RECORD_LOST},
     /* CANCELING with no live owner */
     {"CANCELING", N, 0, 1, 0, 0, 0, DSW_JOB_RECORD_CANCELED},
@@ -60,7 +65,8 @@ static const struct row rows[] = {
     {"NOT_STARTED", N, 0, 6, 0, 0, 0, DSW_JOB_RECORD_GIVE_UP},
     {"STARTING", S, 0, 6, 0, 0, 0, DSW_JOB_RECORD_GIVE_UP},
     {"STARTED", S, 0, 6, 0, 1, 0, DSW_JOB_RECORD_GIVE_UP},
-    {"STARTED", N, 0, 6, 0, 0, 0, DSW_JOB_RECORD_GIVE_UP},
+    {"STARTED", N, 0, 6, 0, 0, 0, DSW_JOB_DELETE_UNEXPECTED},
+    {"STARTED", D, 0, 6, 0, 0, 0, DSW_JOB_RECORD_GIVE_UP},
     {"STARTING", N, 0, 5, 0, 0, 0, DSW_JOB_EXECUTE},
     /* statuses we never execute from */
     {"MANAGED", N, 0, 1, 0, 0, 0, DSW_JOB_DELETE_UNEXPECTED},
