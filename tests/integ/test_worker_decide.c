@@ -226,7 +226,8 @@ static void test_takeover_stale(void **state)
     stop(d);
 }
 
-/* STARTED with a stale claim or none (resume off): record FAILURE "run worker lost", delete. */
+/* STARTED with a stale claim (resume off): record FAILURE "run worker lost", delete. STARTED
+ * with no claim row is not ours: the message is deleted and the run left alone. */
 static void test_started_lost(void **state)
 {
     char id[2][37];
@@ -236,16 +237,17 @@ static void test_started_lost(void **state)
     for (int i = 0; i < 2; i++)
         send_run(id[i], NULL, 0);
     struct tu_daemon *d = start();
-    for (int i = 0; i < 2; i++)
-        assert_true(tu_wait_status(id[i], "FAILURE", WAIT_MS));
+    assert_true(tu_wait_status(id[1], "FAILURE", WAIT_MS));
     assert_true(tu_wait_queue_empty(&q, WAIT_MS));
-    for (int i = 0; i < 2; i++) {
-        assert_int_equal(tu_run_starts(id[i]), 0);
-        assert_int_equal(tu_run_events(id[i], "PIPELINE_FAILURE"), 1);
-        assert_true(tu_run_event_has(id[i], "Run worker lost"));
-        assert_true(tu_eq_free(tu_claim_col(id[i], "state"), "done"));
-        assert_true(tu_eq_free(tu_claim_col(id[i], "outcome"), "lost"));
-    }
+    assert_int_equal(tu_run_starts(id[1]), 0);
+    assert_int_equal(tu_run_events(id[1], "PIPELINE_FAILURE"), 1);
+    assert_true(tu_run_event_has(id[1], "Run worker lost"));
+    assert_true(tu_eq_free(tu_claim_col(id[1], "state"), "done"));
+    assert_true(tu_eq_free(tu_claim_col(id[1], "outcome"), "lost"));
+    /* not ours: untouched */
+    assert_true(tu_eq_free(tu_run_status(id[0]), "STARTED"));
+    assert_int_equal(tu_run_starts(id[0]), 0);
+    assert_int_equal(tu_run_events(id[0], "PIPELINE_FAILURE"), 0);
     stop(d);
 }
 
@@ -295,7 +297,8 @@ static void test_queued(void **state)
     stop(d);
 }
 
-/* More deliveries than runs.max_receives, unowned: record FAILURE "gave up", delete. */
+/* More deliveries than runs.max_receives, unowned (STARTED: our claim, stale): record FAILURE
+ * "gave up", delete. */
 static void test_give_up(void **state)
 {
     const char *st[] = {"STARTING", "STARTED"};
@@ -305,6 +308,7 @@ static void test_give_up(void **state)
         tu_run_new(id[i], st[i], "success");
         send_run(id[i], NULL, 0);
     }
+    tu_claim_insert(id[1], "running", "1 hour", "a-lost-message");
     /* A first delivery that dies without a trace (visibility 0: back at once). */
     assert_int_equal(tu_queue_receive(&q, 10, 0, 1, NULL), 2);
     struct tu_daemon *d = start();
