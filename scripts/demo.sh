@@ -14,6 +14,22 @@ cd "$here"
 export DSW_VECTORS=${DSW_VECTORS:-$here/tests/vectors}
 
 bash scripts/deps.sh
+# Which run worker: real Dagster is found (DSW_DAGSTER_SRC, an importable dagster, or
+# ../shared/dagster/1.7) but the demo still runs the stand-in; it says which it found.
+if [ -n "${DSW_DAGSTER_SRC:-}" ]; then
+    found="DSW_DAGSTER_SRC=$DSW_DAGSTER_SRC"
+elif python3 -c 'import dagster' 2>/dev/null; then
+    found="an importable dagster"
+elif [ -d "$here/../shared/dagster/1.7" ]; then
+    found="../shared/dagster/1.7"
+else
+    found=
+fi
+if [ -n "$found" ]; then
+    echo "== run worker: the stand-in for \`dagster api execute_run\` (real Dagster found at $found, not used by the demo yet)"
+else
+    echo "== run worker: the stand-in for \`dagster api execute_run\` (no real Dagster: set DSW_DAGSTER_SRC or install dagster)"
+fi
 echo "== build"
 cmake -S . -B build-demo -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build-demo -j2 --target dagster-sqs-worker fake_dagster >/dev/null
@@ -60,8 +76,9 @@ for name in success failure crash canceled; do
     "$bin" enqueue "${runid[$name]}" | sed 's/^/   /'
 done
 
-echo "== the daemon (log in $svc/daemon.log)"
-"$bin" run 2>"$svc/daemon.log" &
+log=$here/build-demo/daemon.log # kept after the demo (the services dir is removed)
+echo "== the daemon (log in $log)"
+"$bin" run 2>"$log" &
 daemon=$!
 
 wait_until() { # seconds, description, command...
@@ -69,7 +86,7 @@ wait_until() { # seconds, description, command...
     shift 2
     deadline=$((SECONDS + limit))
     until "$@"; do
-        [ $SECONDS -lt $deadline ] || { echo "demo: timed out waiting for $what" >&2; tail -20 "$svc/daemon.log" >&2; exit 1; }
+        [ $SECONDS -lt $deadline ] || { echo "demo: timed out waiting for $what" >&2; tail -20 "$log" >&2; exit 1; }
         sleep 0.2
     done
 }
@@ -90,7 +107,7 @@ echo "== results"
 printf '%-10s %-38s %-9s %-10s %-7s %s\n' RUN RUN_ID STATUS EXIT_CODE SIGNAL "RECORDED BY"
 for name in success failure crash canceled; do
     r=${runid[$name]}
-    row=$(pg -F' ' -c "SELECT r.status, coalesce(c.exit_code::text,'-'), coalesce(c.term_signal::text,'-')
+    row=$(pg -F' ' -c "SELECT r.status, coalesce(c.exit_code::text,'-'), coalesce(nullif(c.term_signal, 0)::text,'-')
                         FROM runs r LEFT JOIN dagster_sqs_worker.run_claims c USING (run_id)
                         WHERE r.run_id = '$r'")
     who=$(pg -c "SELECT CASE WHEN count(*) > 0 THEN 'dagster-sqs-worker' ELSE 'the run' END
