@@ -380,6 +380,27 @@ static void fmt_err(char *err, const char *where, const struct key *k, const cha
         snprintf(err, DSW_CONF_ERR_MAX, "%s: %s", where, reason);
 }
 
+static void fmt_bound(enum type t, int64_t n, char *out, size_t len)
+{
+    struct unit {
+        int64_t div;
+        const char *unit;
+    };
+    static const struct unit dur[] = {{3600000, "h"}, {60000, "m"}, {1000, "s"}, {1, "ms"}},
+                             size[] = {
+                                 {1 << 30, "GiB"}, {1 << 20, "MiB"}, {1 << 10, "KiB"}, {1, ""}};
+    if (t == T_DUR || t == T_SIZE) {
+        const struct unit *u = t == T_DUR ? dur : size;
+        for (size_t i = 0; i < 4; i++) {
+            if (n % u[i].div == 0 && (n != 0 || u[i].div == (t == T_DUR ? 1000 : 1))) {
+                snprintf(out, len, "%lld%s", (long long)(n / u[i].div), u[i].unit);
+                return;
+            }
+        }
+    }
+    snprintf(out, len, "%lld", (long long)n);
+}
+
 static const char *unit_hint(enum type t)
 {
     return t == T_DUR    ? " (a duration like 500ms, 30s, 5m, 1h)"
@@ -425,7 +446,10 @@ static int set_value(struct dsw_conf *c, const struct key *k, const char *v, con
             return -EINVAL;
         }
         if (n < k->min || n > k->max) {
-            fmt_err(err, where, k, "'%s' is out of range", v);
+            char lo[32], hi[32];
+            fmt_bound(k->type, k->min, lo, sizeof(lo));
+            fmt_bound(k->type, k->max, hi, sizeof(hi));
+            fmt_err(err, where, k, "'%s' is out of range (%s..%s)", v, lo, hi);
             return -EINVAL;
         }
         *(int64_t *)field = n;

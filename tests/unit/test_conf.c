@@ -157,7 +157,8 @@ static void test_errors(void **state)
     expect_error("[nope]\n", "w.conf:1: unknown section [nope]");
     expect_error("url = x\n", "w.conf:1: url: key outside of a [section]");
     expect_error("[queue]\nurl = a\nurl = b\n", "w.conf:3: queue.url: set twice");
-    expect_error("[queue]\nwait_time = 21s\n", "w.conf:2: queue.wait_time: '21s' is out of range");
+    expect_error("[queue]\nwait_time = 21s\n",
+                 "w.conf:2: queue.wait_time: '21s' is out of range (0s..20s)");
     expect_error("[queue]\nwait_time = soon\n", "queue.wait_time: 'soon' is not valid");
     expect_error("[queue]\nmax_body = 2MiB\n", "queue.max_body: '2MiB' is out of range");
     expect_error("[queue]\nvisibility_timeout = 13h\n", "queue.visibility_timeout");
