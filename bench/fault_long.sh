@@ -13,7 +13,7 @@ if [ ! -x "$build/dagster-sqs-worker" ] || [ ! -x "$build/fake_dagster" ]; then
     cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Debug -DDSW_FAILPOINTS=ON >/dev/null
     cmake --build "$build" -j2 >/dev/null
 fi
-export DSW_VECTORS=${DSW_VECTORS:-$here/../shared/vectors}
+export DSW_VECTORS=${DSW_VECTORS:-$here/tests/vectors}
 exec python3 tests/fault/driver.py --bin "$build/dagster-sqs-worker" --fake "$build/fake_dagster" \
     --out "${OUT:-/tmp/dsw-fault-long}" --runs "${RUNS:-2000}" --daemons "${DAEMONS:-4}" \
     --faults "${FAULTS:-200}" --load-seconds "${LOAD:-900}" --settle-seconds "${SETTLE:-300}" \

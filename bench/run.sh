@@ -11,7 +11,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$here/build-bench}
-vectors=${DSW_VECTORS:-$here/../shared/vectors}
+vectors=${DSW_VECTORS:-$here/tests/vectors}
 out=${BENCH_OUT:-$(mktemp -d /tmp/dsw-bench-out-XXXXXX)}
 mkdir -p "$out"
 

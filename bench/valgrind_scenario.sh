@@ -16,7 +16,7 @@ if [ ! -x "$build/dagster-sqs-worker" ] || [ ! -x "$build/fake_dagster" ]; then
     cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Debug -DDSW_FAILPOINTS=ON >/dev/null
     cmake --build "$build" -j2 >/dev/null
 fi
-export DSW_VECTORS=${DSW_VECTORS:-$here/../shared/vectors}
+export DSW_VECTORS=${DSW_VECTORS:-$here/tests/vectors}
 case $build in /*) export DSW_TRAMPOLINE=$build/dsw-exec ;; *) export DSW_TRAMPOLINE=$here/$build/dsw-exec ;; esac
 out=${OUT:-/tmp/dsw-fault-valgrind}
 vg="valgrind --tool=memcheck --leak-check=full --show-leak-kinds=definite"

@@ -25,7 +25,7 @@ end and exits with its status.
 usage: driver.py --bin DAEMON --fake FAKE_DAGSTER --out DIR [--runs N] [--daemons K]
                  [--faults F] [--seed S] [--load-seconds T] [--settle-seconds T]
                  [--wrapper 'valgrind ...'] [--kinds k1,k2,...]
-Environment: DSW_VECTORS (shared/vectors), PGBIN (default: newest /usr/lib/postgresql/*/bin).
+Environment: DSW_VECTORS (tests/vectors), PGBIN (default: newest /usr/lib/postgresql/*/bin).
 """
 import argparse
 import glob
@@ -319,8 +319,7 @@ class Driver:
         os.chmod(self.out, 0o755)
         self.hist = History(self.out)
         self.rng = random.Random(args.seed)
-        self.vectors = os.environ.get("DSW_VECTORS") or os.path.join(SRC, "..", "shared",
-                                                                      "vectors")
+        self.vectors = os.environ.get("DSW_VECTORS") or os.path.join(SRC, "tests", "vectors")
         self.pg = Pg(self.out, self.vectors)
         self.sqs = Sqs(self.out)
         self.daemons = []
