@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 pkgs=(build-essential cmake pkg-config curl ca-certificates libuv1-dev libcurl4-openssl-dev
-      libjansson-dev libpq-dev libssl-dev libcmocka-dev postgresql postgresql-client
+      libjansson-dev libpq-dev libssl-dev zlib1g-dev libcmocka-dev postgresql postgresql-client
       clang libclang-rt-14-dev valgrind python3 python3-kombu python3-boto3 python3-pycurl
       systemd)
 missing=()

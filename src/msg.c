@@ -6,11 +6,13 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
+#include <zlib.h>
 
 #define EXECUTE_CLASS "ExecuteRunArgs"
 #define RESUME_CLASS  "ResumeRunArgs"
@@ -38,6 +40,7 @@ static const char *const reason_names[DSW_MSG_REASON_COUNT] = {
     [DSW_MSG_S3_POINTER_UNSUPPORTED] = "s3_pointer_unsupported",
     [DSW_MSG_UNKNOWN_RUN] = "unknown_run",
     [DSW_MSG_BAD_SIGNATURE] = "bad_signature",
+    [DSW_MSG_UNSUPPORTED_COMPRESSION] = "unsupported_compression",
 };
 
 const char *dsw_msg_reason_name(enum dsw_msg_reason reason)
@@ -467,27 +470,130 @@ static int decode_celery_body(struct ctx *c, json_t *body, const char *task)
     return decode_kwarg(c, kwargs, kwarg, expect, "celery");
 }
 
-/* The body member: base64 text (properties.body_encoding = "base64") or plain JSON text. */
-static int celery_inner(struct ctx *c, json_t *env, json_t **out)
+/* --- compressed Celery bodies ---------------------------------------------------------- */
+
+/* kombu.compression (5.2) registers zlib.compress as "application/x-gzip" with the aliases
+ * "gzip" and "zlib" (a zlib stream, not gzip framing), and bz2, brotli, lzma, zstd under their
+ * own types; its decoder accepts the content type or an alias. */
+static const char *const zlib_names[] = {"application/x-gzip", "gzip", "zlib"};
+static const char *const other_names[] = {
+    "application/x-bz2",  "bzip2", "bzip", "application/x-brotli", "brotli",
+    "application/x-lzma", "lzma",  "xz",   "application/zstd",     "zstd",
+    "zstandard"};
+
+static int name_in(const char *s, const char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(s, names[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* headers.compression: 0 (absent or null), 1 (zlib), or a reject. */
+static int celery_compression(struct ctx *c, json_t *headers)
+{
+    json_t *v = json_object_get(headers, "compression");
+    const char *s = json_string_value(v);
+
+    if (!v || json_is_null(v))
+        return 0;
+    if (!s)
+        return reject(c, DSW_MSG_BAD_ENVELOPE, "celery: headers.compression is not a string");
+    if (strlen(s) == json_string_length(v) &&
+        name_in(s, zlib_names, sizeof(zlib_names) / sizeof(zlib_names[0])))
+        return 1;
+    if (strlen(s) == json_string_length(v) &&
+        name_in(s, other_names, sizeof(other_names) / sizeof(other_names[0])))
+        return reject(c, DSW_MSG_UNSUPPORTED_COMPRESSION,
+                      "celery: kombu compression other than zlib (bz2, brotli, lzma, zstd) is "
+                      "not supported");
+    return reject(c, DSW_MSG_UNSUPPORTED_COMPRESSION,
+                  "celery: headers.compression is not a kombu compression type");
+}
+
+/* Inflate the zlib stream in[0..n) as Python's zlib.decompress does (bytes after the end of the
+ * stream are ignored), into at most DSW_MSG_MAX_INFLATED bytes: the output grows in bounded
+ * chunks and inflating stops as soon as it would pass the cap. *out is NUL-terminated. */
+static int inflate_body(struct ctx *c, const char *in, size_t n, char **out, size_t *outlen)
+{
+    const size_t cap = DSW_MSG_MAX_INFLATED, chunk = 64 * 1024;
+    size_t size = 0, len = 0;
+    char *dst = NULL;
+    z_stream z;
+    int zrc = Z_OK;
+
+    memset(&z, 0, sizeof(z));
+    if (inflateInit(&z) != Z_OK) {
+        fprintf(stderr, "dsw_msg: inflateInit failed (out of memory)\n");
+        abort();
+    }
+    z.next_in = (Bytef *)(uintptr_t)in;
+    z.avail_in = (uInt)n; /* n <= DSW_MSG_MAX_BODY */
+    while (zrc != Z_STREAM_END && len <= cap) {
+        if (len == size) {
+            /* One byte over the cap is room enough to know the stream is too large. */
+            size = DSW_MIN(size ? size * 2 : chunk, cap + 1);
+            dst = dsw_xrealloc(dst, size + 1);
+        }
+        z.next_out = (Bytef *)dst + len;
+        z.avail_out = (uInt)DSW_MIN(size - len, chunk);
+        zrc = inflate(&z, Z_NO_FLUSH);
+        len = (size_t)((char *)z.next_out - dst);
+        if (zrc != Z_OK) /* the end, or an error: Z_BUF_ERROR is input that ran out */
+            break;
+    }
+    inflateEnd(&z);
+    if (len > cap) {
+        free(dst);
+        return reject(c, DSW_MSG_TOO_LARGE, "celery: compressed body inflates past %u bytes",
+                      DSW_MSG_MAX_INFLATED);
+    }
+    if (zrc != Z_STREAM_END) {
+        free(dst);
+        return reject(c, DSW_MSG_BAD_ENVELOPE, "celery: compressed body is not a %s zlib stream",
+                      zrc == Z_BUF_ERROR ? "complete" : "valid");
+    }
+    dst[len] = '\0';
+    *out = dst;
+    *outlen = len;
+    return 0;
+}
+
+/* The body member: base64 text (properties.body_encoding = "base64") or plain JSON text, then
+ * inflated when headers.compression names zlib. */
+static int celery_inner(struct ctx *c, json_t *env, json_t *headers, json_t **out)
 {
     json_t *props = json_object_get(env, "properties"), *body = json_object_get(env, "body");
     json_t *enc = json_object_get(props, "body_encoding");
-    char *raw = NULL;
-    size_t n = 0;
-    int rc;
+    char *raw = NULL, *plain = NULL;
+    size_t n = 0, plen = 0;
+    int rc, zipped;
 
     if (!json_is_object(props) || !json_is_string(body))
         return reject(c, DSW_MSG_BAD_ENVELOPE, "celery: properties or body has the wrong type");
+    if ((zipped = celery_compression(c, headers)) < 0)
+        return zipped;
     if (enc && !json_is_null(enc)) {
         if (!json_is_string(enc) || strcmp(json_string_value(enc), "base64") != 0)
             return reject(c, DSW_MSG_BAD_ENVELOPE, "celery: body_encoding is not base64");
         if (b64_decode(json_string_value(body), json_string_length(body), &raw, &n) < 0)
             return reject(c, DSW_MSG_BAD_ENVELOPE, "celery: body is not valid base64");
-        rc = parse(c, raw, n, "celery body", out);
-        free(raw);
-        return rc;
+    } else {
+        n = json_string_length(body);
+        raw = dsw_xmalloc(n + 1);
+        memcpy(raw, json_string_value(body), n + 1);
     }
-    return parse(c, json_string_value(body), json_string_length(body), "celery body", out);
+    if (zipped) {
+        rc = inflate_body(c, raw, n, &plain, &plen);
+        free(raw);
+        if (rc < 0)
+            return rc;
+        raw = plain;
+        n = plen;
+    }
+    rc = parse(c, raw, n, zipped ? "inflated celery body" : "celery body", out);
+    free(raw);
+    return rc;
 }
 
 static int check_celery_content(struct ctx *c, json_t *env)
@@ -516,7 +622,7 @@ static int decode_celery(struct ctx *c, json_t *env)
         return rc;
     if ((rc = check_celery_content(c, env)) < 0)
         return rc;
-    if ((rc = celery_inner(c, env, &body)) < 0)
+    if ((rc = celery_inner(c, env, headers, &body)) < 0)
         return rc;
     rc = decode_celery_body(c, body, task);
     json_decref(body);

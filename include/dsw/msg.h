@@ -2,7 +2,8 @@
  * request, or to a reject reason of SPEC §1.5. Accepted forms: the TaskIQ envelope
  * (execute_job / resume_job with kwargs, legacy dagster_execute_job with args[0]), the bare
  * serdes ExecuteRunArgs / ResumeRunArgs object, and a Celery message as kombu's SQS transport
- * writes it. No I/O, no logging, no globals: safe to fuzz and to call from any thread.
+ * writes it (also with kombu's zlib compression, headers.compression = application/x-gzip).
+ * No I/O, no logging, no globals: safe to fuzz and to call from any thread.
  * Every body is treated as secret: nothing from it reaches a reject detail. */
 #ifndef DSW_MSG_H
 #define DSW_MSG_H
@@ -16,6 +17,9 @@
 #define DSW_MSG_DEFAULT_BODY (256u * 1024u)
 /* Deepest JSON nesting accepted anywhere in a body (Dagster's objects need about 8). */
 #define DSW_MSG_MAX_DEPTH 64
+/* Most bytes a compressed Celery body may inflate to; more is a too_large reject, found while
+ * inflating in bounded chunks (never allocated). */
+#define DSW_MSG_MAX_INFLATED (1024u * 1024u)
 /* Longest run id (non-strict mode) and task id, without the NUL. */
 #define DSW_MSG_RUN_ID_MAX  64
 #define DSW_MSG_TASK_ID_MAX 128
@@ -23,17 +27,19 @@
 /* Why a body was refused; the names are the label values of dsw_messages_rejected_total. */
 enum dsw_msg_reason {
     DSW_MSG_OK = 0,
-    DSW_MSG_TOO_LARGE,              /* "too_large": over opts.max_body */
-    DSW_MSG_BAD_JSON,               /* "bad_json": not (base64 of) strict JSON, or too deep */
-    DSW_MSG_BAD_ENVELOPE,           /* "bad_envelope": JSON, but not a shape we know */
-    DSW_MSG_UNSUPPORTED_TASK,       /* "unsupported_task": execute_plan or any other task */
-    DSW_MSG_BAD_CLASS,              /* "bad_class": a serdes __class__ other than expected */
-    DSW_MSG_BAD_RUN_ID,             /* "bad_run_id": missing, not a string, or bad format */
-    DSW_MSG_S3_POINTER_UNSUPPORTED, /* "s3_pointer_unsupported": taskiq-aio-sqs S3 pointer */
-    DSW_MSG_UNKNOWN_RUN,            /* "unknown_run": decided by the caller (no runs row) */
-    DSW_MSG_BAD_SIGNATURE,          /* "bad_signature": decided by the caller (signing) */
+    DSW_MSG_TOO_LARGE,               /* "too_large": over opts.max_body */
+    DSW_MSG_BAD_JSON,                /* "bad_json": not (base64 of) strict JSON, or too deep */
+    DSW_MSG_BAD_ENVELOPE,            /* "bad_envelope": JSON, but not a shape we know */
+    DSW_MSG_UNSUPPORTED_TASK,        /* "unsupported_task": execute_plan or any other task */
+    DSW_MSG_BAD_CLASS,               /* "bad_class": a serdes __class__ other than expected */
+    DSW_MSG_BAD_RUN_ID,              /* "bad_run_id": missing, not a string, or bad format */
+    DSW_MSG_S3_POINTER_UNSUPPORTED,  /* "s3_pointer_unsupported": taskiq-aio-sqs S3 pointer */
+    DSW_MSG_UNKNOWN_RUN,             /* "unknown_run": decided by the caller (no runs row) */
+    DSW_MSG_BAD_SIGNATURE,           /* "bad_signature": decided by the caller (signing) */
+    DSW_MSG_UNSUPPORTED_COMPRESSION, /* "unsupported_compression": a Celery body compressed
+                                        with anything but zlib (headers.compression) */
 };
-#define DSW_MSG_REASON_COUNT (DSW_MSG_BAD_SIGNATURE + 1)
+#define DSW_MSG_REASON_COUNT (DSW_MSG_UNSUPPORTED_COMPRESSION + 1)
 
 enum dsw_msg_kind { DSW_MSG_EXECUTE, DSW_MSG_RESUME };
 

@@ -10,6 +10,11 @@ envelope (SPEC §1.3). Prints the Celery task id on stdout.
 
 usage: celery_publish.py --endpoint http://127.0.0.1:PORT --queue NAME --args-file FILE
                          --out FILE [--task execute_job|resume_job] [--no-sqs-base64]
+                         [--compression zlib|gzip|bzip2|lzma|...]
+
+--compression is kombu's Producer.publish(compression=...), what Celery does with
+task_compression (and, in 5.2, result_compression): kombu.compression.compress the serialized
+body and set headers.compression to its content type (zlib/gzip -> application/x-gzip).
 """
 import argparse
 import json
@@ -59,6 +64,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--task", default="execute_job", choices=["execute_job", "resume_job"])
     ap.add_argument("--no-sqs-base64", action="store_true")
+    ap.add_argument("--compression", default=None)
     opt = ap.parse_args()
 
     ep = urlsplit(opt.endpoint)
@@ -85,7 +91,8 @@ def main():
         producer = Producer(conn.channel())
         producer.publish(body, routing_key=opt.queue, exchange=Exchange(""),
                          declare=[Queue(opt.queue)], serializer="json", headers=headers,
-                         correlation_id=task_id, reply_to="", priority=0, retry=False)
+                         correlation_id=task_id, reply_to="", priority=0, retry=False,
+                         compression=opt.compression)
 
     got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=5,
                               MessageAttributeNames=["All"])

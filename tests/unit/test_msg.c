@@ -457,6 +457,48 @@ static void test_s3_pointer(void **state)
     "\"5d3f6a0e-1c2b-4f7e-9a8b-0c1d2e3f4a5b\"}, \"properties\": {\"body_encoding\": "              \
     "\"base64\"}}"
 #define CEL_BODY(args) "[[], {\"execute_job_args_packed\": " args "}, {}]"
+/* A kombu envelope with headers.compression = comp and the (already base64) body zb64. */
+#define CEL_ZENV(comp, zb64)                                                                       \
+    "{\"body\": \"" zb64 "\", \"content-encoding\": \"utf-8\", \"content-type\": "                 \
+    "\"application/json\", \"headers\": {\"lang\": \"py\", \"task\": \"execute_job\", \"id\": "    \
+    "\"5d3f6a0e-1c2b-4f7e-9a8b-0c1d2e3f4a5b\", \"compression\": " comp "}, \"properties\": "       \
+    "{\"body_encoding\": \"base64\"}}"
+/* base64 of CEL_BODY(GOOD_ARGS) as kombu 5.2 compresses it, made with
+ *   python3 -c 'import base64, sys; from kombu.compression import compress;
+ *               print(base64.b64encode(compress(sys.stdin.buffer.read(), "zlib")[0]).decode())'
+ * (content type application/x-gzip), and the same stream damaged: one byte flipped in the
+ * middle (zlib: "incorrect data check"), its last 6 bytes cut ("truncated stream"), and
+ * gzip.compress of the body (gzip framing, which kombu's zlib.decompress refuses too). */
+#define KOMBU_ZLIB                                                                                 \
+    "eJxljc0KwjAQhF+l5FxBwUPx5sGzxWspS0zXulo2IT9QKXl3ExtBcA4Dy34z03V9XS0CZ1TBIzz0FaQdHRipnjiIQ/"   \
+    "oBqEk6B5AucVrBS+BjwkRdCUMGJ2IEbWkk/o+0BWhf/"                                                  \
+    "q75vFLxN2kDA+UxsS3afGyfrfmeRbs86tADzuRB6SEtM9wkTcFi6v"                                        \
+    "A2YEz1S+zfaLJIXA=="
+#define KOMBU_ZLIB_FLIPPED                                                                         \
+    "eJxljc0KwjAQhF+l5FxBwUPx5sGzxWspS0zXulo2IT9QKXl3ExtBcA4Dy34z03V9XS0CZ1TBIzz0FaQdHRipnjiIQ/"   \
+    "oBqEk6B5AujlrBS+BjwkRdCUMGJ2IEbWkk/o+0BWhf/"                                                  \
+    "q75vFLxN2kDA+UxsS3afGyfrfmeRbs86tADzuRB6SEtM9wkTcFi6v"                                        \
+    "A2YEz1S+zfaLJIXA=="
+#define KOMBU_ZLIB_CUT                                                                             \
+    "eJxljc0KwjAQhF+l5FxBwUPx5sGzxWspS0zXulo2IT9QKXl3ExtBcA4Dy34z03V9XS0CZ1TBIzz0FaQdHRipnjiIQ/"   \
+    "oBqEk6B5AucVrBS+BjwkRdCUMGJ2IEbWkk/o+0BWhf/"                                                  \
+    "q75vFLxN2kDA+UxsS3afGyfrfmeRbs86tADzuRB6SEtM9wkTcFi6v"                                        \
+    "A2YEz1Sw=="
+#define GZIP_FRAMED                                                                                \
+    "H4sIAIkyEGsC/2WNzQrCMBCEX6XkXEHBQ/"                                                           \
+    "HmwbPFaylLTNe6WjYhP1ApeXcTG0FwDgPLfjPTdX1dLQJnVMEjPPQVpB0dGKmeOI"                             \
+    "hD+gGoSToHkC5xWsFL4GPCRF0JQwYnYgRtaST+j7QFaF/"                                                \
+    "+rvm8UvE3aQMD5TGxLdp8bJ+t+Z5Fuzzq0APO5EHpIS0z3CRNwW"                                          \
+    "Lq8DZgTPVL7N9QUIv53QAAAA=="
+/* base64 of CEL_BODY(GOOD_ARGS) itself, uncompressed. */
+#define PLAIN_BODY_B64                                                                             \
+    "W1tdLCB7ImV4ZWN1dGVfam9iX2FyZ3NfcGFja2VkIjogeyJfX2NsYXNzX18iOiAiRXhlY3V0ZVJ1bkFyZ3MiLCAicGlw" \
+    "ZW"                                                                                           \
+    "xpbmVfb3JpZ2luIjogeyJfX2NsYXNzX18iOiAiUGlwZWxpbmVQeXRob25PcmlnaW4ifSwgInBpcGVsaW5lX3J1bl9pZC" \
+    "I6IC"                                                                                         \
+    "IwMDAwMDAwMC0wMDAwLTQwMDAtODAwMC0wMDAwMDAwMDAwMDEiLCAic2V0X2V4aXRfY29kZV9vbl9mYWlsdXJlIjogdH" \
+    "J1ZX"                                                                                         \
+    "19LCB7fV0="
 
 enum wrap { RAW, CELERY /* base64(subst(body, inner)) */, B64 /* base64(body) */ };
 
@@ -689,6 +731,33 @@ static const struct bad_case bad_cases[] = {
      "{\"body\": \"7b7d\", \"content-type\": \"application/json\", \"headers\": {\"task\": "
      "\"execute_job\", \"id\": \"x\"}, \"properties\": {\"body_encoding\": \"hex\"}}",
      0, DSW_MSG_BAD_ENVELOPE, 0, B64},
+    /* kombu compression (headers.compression) */
+    {"celery zlib (kombu)", CEL_ZENV("\"application/x-gzip\"", KOMBU_ZLIB), 0, DSW_MSG_OK, 0, B64},
+    {"celery zlib alias zlib", CEL_ZENV("\"zlib\"", KOMBU_ZLIB), 0, DSW_MSG_OK, 0, B64},
+    {"celery zlib alias gzip", CEL_ZENV("\"gzip\"", KOMBU_ZLIB), 0, DSW_MSG_OK, 0, B64},
+    {"celery compression null", CEL_ZENV("null", PLAIN_BODY_B64), 0, DSW_MSG_OK, 0, B64},
+    {"celery zlib flipped byte", CEL_ZENV("\"application/x-gzip\"", KOMBU_ZLIB_FLIPPED), 0,
+     DSW_MSG_BAD_ENVELOPE, 0, B64},
+    {"celery zlib truncated", CEL_ZENV("\"application/x-gzip\"", KOMBU_ZLIB_CUT), 0,
+     DSW_MSG_BAD_ENVELOPE, 0, B64},
+    {"celery gzip framing", CEL_ZENV("\"application/x-gzip\"", GZIP_FRAMED), 0,
+     DSW_MSG_BAD_ENVELOPE, 0, B64},
+    {"celery zlib header, plain body", CEL_ZENV("\"application/x-gzip\"", PLAIN_BODY_B64), 0,
+     DSW_MSG_BAD_ENVELOPE, 0, B64},
+    {"celery zlib header, empty body", CEL_ZENV("\"application/x-gzip\"", ""), 0,
+     DSW_MSG_BAD_ENVELOPE, 0, B64},
+    {"celery bz2", CEL_ZENV("\"application/x-bz2\"", KOMBU_ZLIB), 0,
+     DSW_MSG_UNSUPPORTED_COMPRESSION, 0, B64},
+    {"celery zstd alias", CEL_ZENV("\"zstd\"", KOMBU_ZLIB), 0, DSW_MSG_UNSUPPORTED_COMPRESSION, 0,
+     B64},
+    {"celery unknown compression", CEL_ZENV("\"application/x-snappy\"", KOMBU_ZLIB), 0,
+     DSW_MSG_UNSUPPORTED_COMPRESSION, 0, B64},
+    {"celery compression is secret", CEL_ZENV("\"" MARK "\"", KOMBU_ZLIB), 0,
+     DSW_MSG_UNSUPPORTED_COMPRESSION, 0, B64},
+    /* jansson refuses \u0000 before anything compares the name */
+    {"celery compression with NUL", CEL_ZENV("\"zlib\\u0000\"", KOMBU_ZLIB), 0, DSW_MSG_BAD_JSON, 0,
+     B64},
+    {"celery compression number", CEL_ZENV("1", KOMBU_ZLIB), 0, DSW_MSG_BAD_ENVELOPE, 0, B64},
     {"celery properties missing",
      "{\"body\": \"e30=\", \"content-type\": \"application/json\", \"headers\": {\"task\": "
      "\"execute_job\", \"id\": \"x\"}}",
@@ -829,7 +898,9 @@ static enum dsw_msg_reason seed_expectation(const char *name)
         {"s3_pointer*", DSW_MSG_BAD_ENVELOPE},    /* no attribute here */
         {"celery_inner_*", DSW_MSG_BAD_ENVELOPE}, /* a bare [args, kwargs, embed] */
         {"taskiq_execute_plan*", DSW_MSG_UNSUPPORTED_TASK},
-        {"serdes_lax_run_id*", DSW_MSG_BAD_RUN_ID}, /* strict run ids here */
+        {"serdes_lax_run_id*", DSW_MSG_BAD_RUN_ID},        /* strict run ids here */
+        {"zlib_*", DSW_MSG_TOO_LARGE},                     /* inflate past DSW_MSG_MAX_INFLATED */
+        {"compressed_*", DSW_MSG_UNSUPPORTED_COMPRESSION}, /* kombu's bz2, lzma */
         {"*", DSW_MSG_OK},
     };
     for (size_t i = 0; i < DSW_ARRAY_LEN(rules); i++)
@@ -872,6 +943,54 @@ static void test_fuzz_seeds(void **state)
     assert_true(seen >= 10);
 }
 
+/* Real kombu output (tests/fuzz/gen_compressed_seeds.py): a zlib-compressed message as moto
+ * delivered it decodes; inflating to exactly DSW_MSG_MAX_INFLATED is accepted, one byte more
+ * and a 16 MiB bomb are too_large; kombu's bz2 and lzma are unsupported_compression. */
+static void test_kombu_compressed(void **state)
+{
+    static const struct {
+        const char *seed;
+        enum dsw_msg_reason reason;
+    } cases[] = {
+        {"celery_kombu_moto_zlib_b64.txt", DSW_MSG_OK},
+        {"celery_zlib_alias_b64.txt", DSW_MSG_OK},
+        {"celery_zlib_at_cap_b64.txt", DSW_MSG_OK},
+        {"zlib_over_cap_b64.txt", DSW_MSG_TOO_LARGE},
+        {"zlib_bomb_b64.txt", DSW_MSG_TOO_LARGE},
+        {"compressed_bz2_b64.txt", DSW_MSG_UNSUPPORTED_COMPRESSION},
+        {"compressed_lzma_b64.txt", DSW_MSG_UNSUPPORTED_COMPRESSION},
+    };
+    const char *src = tu_need_env("DSW_SOURCE_DIR");
+
+    for (size_t i = 0; i < DSW_ARRAY_LEN(cases); i++) {
+        struct dsw_msg_opts o = {.strict_run_id = 1};
+        struct dsw_msg_request req;
+        struct dsw_msg_reject rej;
+        char *path = NULL, *body;
+        size_t len;
+
+        assert_true(asprintf(&path, "%s/tests/fuzz/corpus/msg/%s", src, cases[i].seed) > 0);
+        body = tu_read_file(path, &len);
+        int rc = dsw_msg_decode(body, len, &o, &req, &rej);
+        if (rej.reason != cases[i].reason)
+            fail_msg("%s: got %s (%s), want %s", cases[i].seed, dsw_msg_reason_name(rej.reason),
+                     rej.detail, dsw_msg_reason_name(cases[i].reason));
+        if (cases[i].reason == DSW_MSG_OK) {
+            assert_int_equal(rc, 0);
+            assert_string_equal(req.run_id, RUN1);
+            assert_int_equal(req.kind, DSW_MSG_EXECUTE);
+            assert_int_equal(req.form, DSW_MSG_FORM_CELERY);
+            assert_non_null(req.instance_ref);
+            dsw_msg_request_clear(&req);
+        } else {
+            assert_int_equal(rc, -EBADMSG);
+            check_detail(&rej);
+        }
+        free(body);
+        free(path);
+    }
+}
+
 /* --- names and run ids ----------------------------------------------------------------- */
 
 static void test_reason_names(void **state)
@@ -885,7 +1004,8 @@ static void test_reason_names(void **state)
                                        "bad_run_id",
                                        "s3_pointer_unsupported",
                                        "unknown_run",
-                                       "bad_signature"};
+                                       "bad_signature",
+                                       "unsupported_compression"};
     enum dsw_msg_reason r;
 
     assert_int_equal(DSW_ARRAY_LEN(want), DSW_MSG_REASON_COUNT);
@@ -935,14 +1055,15 @@ static void test_null_opts_and_clear(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vectors_all_listed), cmocka_unit_test(test_vectors_decode),
-        cmocka_unit_test(test_vectors_every_form), cmocka_unit_test(test_legacy_task_names),
-        cmocka_unit_test(test_minimal_args),       cmocka_unit_test(test_non_strict_run_id),
-        cmocka_unit_test(test_layout_whitespace),  cmocka_unit_test(test_size_limits),
-        cmocka_unit_test(test_size_before_parse),  cmocka_unit_test(test_s3_pointer),
-        cmocka_unit_test(test_bad_bodies),         cmocka_unit_test(test_deep_nesting),
-        cmocka_unit_test(test_fuzz_seeds),         cmocka_unit_test(test_reason_names),
-        cmocka_unit_test(test_run_id_rule),        cmocka_unit_test(test_null_opts_and_clear),
+        cmocka_unit_test(test_vectors_all_listed),  cmocka_unit_test(test_vectors_decode),
+        cmocka_unit_test(test_vectors_every_form),  cmocka_unit_test(test_legacy_task_names),
+        cmocka_unit_test(test_minimal_args),        cmocka_unit_test(test_non_strict_run_id),
+        cmocka_unit_test(test_layout_whitespace),   cmocka_unit_test(test_size_limits),
+        cmocka_unit_test(test_size_before_parse),   cmocka_unit_test(test_s3_pointer),
+        cmocka_unit_test(test_bad_bodies),          cmocka_unit_test(test_deep_nesting),
+        cmocka_unit_test(test_fuzz_seeds),          cmocka_unit_test(test_kombu_compressed),
+        cmocka_unit_test(test_reason_names),        cmocka_unit_test(test_run_id_rule),
+        cmocka_unit_test(test_null_opts_and_clear),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
