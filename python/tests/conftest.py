@@ -93,7 +93,8 @@ def pytest_report_header(config: Any) -> str:
     return (
         f"dagster: {DAGSTER_VERSION or 'NOT FOUND'} ({os.environ.get('DSW_DAGSTER_TREE', '')}); "
         f"daemon: {DSW_BIN or 'NOT FOUND'}; postgres port: {PG_PORT or 'NOT FOUND'}; "
-        f"sqs: {', '.join(SQS_SERVERS) or 'NOT FOUND'}"
+        f"sqs: {', '.join(SQS_SERVERS) or 'NOT FOUND'} (botocore sqs protocol "
+        f"{_botocore_sqs_protocol()}: launcher tests on {', '.join(sorted(LAUNCHER_SQS)) or 'none'})"
     )
 
 
@@ -260,3 +261,43 @@ def daemons() -> Iterator[List[Daemon]]:
     for d in started:
         d.stop()
         sys.stderr.write(f"---- {d.log_path}\n{d.log()[-6000:]}\n")
+
+
+@pytest.fixture(scope="session")
+def dagster_db() -> Iterator[str]:
+    """A fresh database with the installed Dagster's tables (created by Dagster itself) and the
+    daemon's claims schema (created by db-init)."""
+    from dagster_setup import instance_at, write_home
+
+    db = fresh_db("dsw_py_dagster")
+    home = Path(tempfile.mkdtemp(prefix="dsw-py-home-"))
+    inst = instance_at(write_home(home, db, None))
+    inst.dispose()
+    shutil.rmtree(home, ignore_errors=True)
+    db_init(db)
+    yield db
+    psql("postgres", f"DROP DATABASE {db} WITH (FORCE)")
+
+
+def _botocore_sqs_protocol() -> str:
+    try:
+        import botocore.session
+
+        return str(botocore.session.get_session().get_service_model("sqs").protocol)
+    except Exception:  # noqa: BLE001
+        return "?"
+
+
+# fauxqs speaks only SQS's JSON protocol; botocore < 1.34 (Debian 12's) only the Query one.
+BOTO_SQS_PROTOCOL = _botocore_sqs_protocol()
+LAUNCHER_SQS = {
+    k: v for k, v in SQS_SERVERS.items() if k != "fauxqs" or BOTO_SQS_PROTOCOL == "json"
+}
+
+
+@pytest.fixture(params=sorted(LAUNCHER_SQS) or ["none"])
+def sqs_endpoint(request: Any) -> str:
+    """Each SQS server boto3 can talk to (moto; fauxqs too with a JSON-protocol botocore)."""
+    if request.param == "none":
+        pytest.skip("no SQS server boto3 can use (DSW_TEST_MOTO_URL)")
+    return LAUNCHER_SQS[request.param]
