@@ -43,7 +43,8 @@ struct dsw_aws {
 
     struct dsw_aws_creds cur;
     int have;
-    int cur_prov; /* provider of cur, -1 for none */
+    int cur_prov;    /* provider of cur, -1 for none */
+    int logged_prov; /* provider named in the last "credentials from" info line, -1 for none */
     unsigned gen;
 
     int resolving;
@@ -703,11 +704,14 @@ static void resolve_done(struct dsw_aws *a, int rc)
         a->have = 1;
         a->cur_prov = a->prov;
         a->gen++;
+        /* Said once per source: a refresh from the same provider is no news. */
+        enum dsw_log_level level = a->cur_prov == a->logged_prov ? DSW_LOG_DEBUG : DSW_LOG_INFO;
+        a->logged_prov = a->cur_prov;
         if (a->cur.expires)
-            dsw_info("aws: credentials from %s (temporary, expire in %llds)", a->cur.source,
-                     (long long)(a->cur.expires - (int64_t)time(NULL)));
+            dsw_log(level, NULL, "aws: credentials from %s (temporary, expire in %llds)",
+                    a->cur.source, (long long)(a->cur.expires - (int64_t)time(NULL)));
         else
-            dsw_info("aws: credentials from %s", a->cur.source);
+            dsw_log(level, NULL, "aws: credentials from %s", a->cur.source);
         schedule_expiry(a);
     } else if (a->have && dsw_aws_creds(a)) {
         dsw_warn("aws: refreshing credentials from %s failed (%s); keeping the current ones",
@@ -784,6 +788,7 @@ int dsw_aws_init(struct dsw_aws **out, uv_loop_t *loop, struct dsw_http *http,
     a->refresh_before_ms = o->refresh_before_ms;
     a->ptimeout_ms = o->provider_timeout_ms ? o->provider_timeout_ms : 1000;
     a->cur_prov = -1;
+    a->logged_prov = -1;
     if (o->fixed) {
         a->fixed = 1;
         a->cur = *o->fixed;

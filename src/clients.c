@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -52,9 +53,24 @@ static int open_sqs(struct dsw_clients *c)
     return 0;
 }
 
+extern char **environ;
+
+/* libpq reads PGPASSFILE (else ~/.pgpass); the daemon also reads $CREDENTIALS_DIRECTORY/pgpass
+ * and the file the README's systemd steps create, for the commands run by hand: name the one
+ * dsw_conf_require checked. The children do not inherit it (runs.env_passthrough). */
+static void use_pgpass(void)
+{
+    char buf[4096];
+    const char *path =
+        dsw_conf_pgpass_path(environ, DSW_CONF_PGPASS_DEFAULT_PATH, buf, sizeof(buf));
+    if (path && !getenv("PGPASSFILE") && setenv("PGPASSFILE", path, 1) == 0)
+        dsw_debug("postgres: password file %s", path);
+}
+
 static int open_db(struct dsw_clients *c)
 {
     const struct dsw_conf *conf = c->conf;
+    use_pgpass();
     struct dsw_db_opts o = {
         .conninfo = conf->postgres.conninfo,
         .connect_timeout_ms = (uint64_t)conf->postgres.connect_timeout_ms,

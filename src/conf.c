@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -102,7 +103,8 @@ static const struct key keys[] = {
      .type = T_STR,
      .off = OFF(postgres.conninfo),
      .help = "libpq connection string or URI of the Dagster database, without a password "
-             "(use PGPASSWORD, PGPASSFILE or $CREDENTIALS_DIRECTORY/pgpass)."},
+             "(use PGPASSWORD, or a password file: PGPASSFILE, else "
+             "$CREDENTIALS_DIRECTORY/pgpass, else " DSW_CONF_PGPASS_DEFAULT_PATH ")."},
     {.section = "postgres",
      .name = "connect_timeout",
      .type = T_DUR,
@@ -260,6 +262,12 @@ static const struct key keys[] = {
      .type = T_STR,
      .off = OFF(runs.python),
      .help = "Python interpreter of the warm runners (required when warm > 0)."},
+    {.section = "runs",
+     .name = "warm_runner",
+     .type = T_STR,
+     .off = OFF(runs.warm_runner),
+     .help = "The warm runner script (dsw-warm-runner.py); default: beside the binary, in "
+             "../libexec/dagster-sqs-worker/ or ../libexec/."},
     {.section = "runs",
      .name = "warm_imports",
      .type = T_STR,
@@ -753,6 +761,99 @@ static int apply_compat(struct parser *p, char *const envp[])
     return 0;
 }
 
+static void add_warning(struct dsw_conf *c, const char *fmt, ...) DSW_PRINTF(2, 3);
+static void add_warning(struct dsw_conf *c, const char *fmt, ...)
+{
+    char line[DSW_CONF_ERR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    c->warnings = dsw_xrealloc(c->warnings, (c->nwarnings + 1) * sizeof(*c->warnings));
+    c->warnings[c->nwarnings++] = dsw_xstrdup(line);
+}
+
+/* Edit distance with adjacent transpositions (optimal string alignment), capped at cap + 1:
+ * how far a misspelt variable name is from a real one. */
+static size_t name_distance(const char *a, const char *b, size_t cap)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 95 || lb > 95 || (la > lb ? la - lb : lb - la) > cap)
+        return cap + 1;
+    size_t d[96][96];
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        for (size_t j = 1; j <= lb; j++) {
+            size_t v = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            v = DSW_MIN(v, d[i - 1][j] + 1);
+            v = DSW_MIN(v, d[i][j - 1] + 1);
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+                v = DSW_MIN(v, d[i - 2][j - 2] + 1);
+            d[i][j] = v;
+        }
+    }
+    return DSW_MIN(d[la][lb], cap + 1);
+}
+
+/* DSW_* variables that are ours but no key: the fault-injection and trampoline knobs of test
+ * builds. DSW_RUNS_ENV_<NAME> is runs.env. */
+static int env_is_other(const char *name)
+{
+    static const char *const names[] = {"DSW_FAILPOINTS", "DSW_TRAMPOLINE"};
+    static const char *const prefixes[] = {"DSW_FAILPOINT_", "DSW_RUNS_ENV_"};
+    for (size_t i = 0; i < DSW_ARRAY_LEN(names); i++)
+        if (strcmp(name, names[i]) == 0)
+            return 1;
+    for (size_t i = 0; i < DSW_ARRAY_LEN(prefixes); i++)
+        if (strncmp(name, prefixes[i], strlen(prefixes[i])) == 0 && name[strlen(prefixes[i])])
+            return 1;
+    return 0;
+}
+
+/* A DSW_* variable that names no key is most likely a misspelt one, which would otherwise be
+ * ignored in silence. Warned about when it looks like a key: DSW_<a section>_..., or within a
+ * small edit distance of a key's name (DSW_QEUE_URL). Other DSW_* names (a test harness's
+ * DSW_BIN, DSW_SOURCE_DIR, ...) are left alone. */
+static void warn_unknown_env(struct dsw_conf *c, char *const envp[])
+{
+    enum { NEAR = 3, FAR_SECTION = 2 };
+    for (size_t i = 0; envp && envp[i]; i++) {
+        const char *eq = strchr(envp[i], '=');
+        size_t len = eq ? (size_t)(eq - envp[i]) : strlen(envp[i]);
+        if (strncmp(envp[i], "DSW_", 4) || len >= 96)
+            continue;
+        char name[96], known[96], best[96] = "";
+        memcpy(name, envp[i], len);
+        name[len] = '\0';
+        if (env_is_other(name))
+            continue;
+        size_t best_d = NEAR + 1;
+        int is_key = 0, in_section = 0;
+        for (size_t k = 0; k < DSW_ARRAY_LEN(keys) && !is_key; k++) {
+            env_name(&keys[k], known, sizeof(known));
+            is_key = strcmp(name, known) == 0;
+            size_t slen = strlen(keys[k].section);
+            if (strncasecmp(name + 4, keys[k].section, slen) == 0 && name[4 + slen] == '_')
+                in_section = 1;
+            size_t d = name_distance(name, known, NEAR);
+            if (d < best_d) {
+                best_d = d;
+                dsw_strlcpy(best, known, sizeof(best));
+            }
+        }
+        if (is_key || (!in_section && best_d > FAR_SECTION))
+            continue;
+        if (best[0])
+            add_warning(c, "env:%s: not a configuration variable, ignored; did you mean %s?", name,
+                        best);
+        else
+            add_warning(c, "env:%s: not a configuration variable, ignored", name);
+    }
+}
+
 static int apply_env(struct parser *p, char *const envp[])
 {
     int rc = apply_compat(p, envp);
@@ -779,6 +880,8 @@ static int apply_env(struct parser *p, char *const envp[])
             set_env(p->c, name, eq + 1);
         free(name);
     }
+    if (!rc)
+        warn_unknown_env(p->c, envp);
     return rc;
 }
 
@@ -798,8 +901,8 @@ static int validate(struct dsw_conf *c, const char *where, char *err)
     if (c->postgres.conninfo &&
         (strstr(c->postgres.conninfo, "password") || strstr(c->postgres.conninfo, "PASSWORD"))) {
         fmt_err(err, where, find_key("postgres", "conninfo"),
-                "must not hold a password; use PGPASSWORD, PGPASSFILE or "
-                "$CREDENTIALS_DIRECTORY/pgpass");
+                "must not hold a password; use PGPASSWORD or a password file (PGPASSFILE, "
+                "$CREDENTIALS_DIRECTORY/pgpass or " DSW_CONF_PGPASS_DEFAULT_PATH ")");
         return -EINVAL;
     }
     if (c->postgres.conninfo && strstr(c->postgres.conninfo, "://")) {
@@ -807,8 +910,9 @@ static int validate(struct dsw_conf *c, const char *where, char *err)
         const char *colon = strchr(strstr(c->postgres.conninfo, "://") + 3, ':');
         if (at && colon && colon < at) {
             fmt_err(err, where, find_key("postgres", "conninfo"),
-                    "must not hold a password in the URI; use PGPASSWORD, PGPASSFILE or "
-                    "$CREDENTIALS_DIRECTORY/pgpass");
+                    "must not hold a password in the URI; use PGPASSWORD or a password file "
+                    "(PGPASSFILE, $CREDENTIALS_DIRECTORY/pgpass or " DSW_CONF_PGPASS_DEFAULT_PATH
+                    ")");
             return -EINVAL;
         }
     }
@@ -839,15 +943,29 @@ static int env_allowed(const char *patterns, const char *name)
     return ok;
 }
 
-static int require_pgpass(char *const envp[], char *err)
+const char *dsw_conf_pgpass_path(char *const envp[], const char *fallback, char *buf, size_t n)
 {
     const char *passfile = env_get(envp, "PGPASSFILE"),
                *creds = env_get(envp, "CREDENTIALS_DIRECTORY");
-    char path[4096];
-    if (!passfile && creds) {
-        snprintf(path, sizeof(path), "%s/pgpass", creds);
-        passfile = path;
+    if (passfile && *passfile)
+        return passfile;
+    if (creds && *creds) {
+        snprintf(buf, n, "%s/pgpass", creds);
+        if (access(buf, F_OK) == 0)
+            return buf;
     }
+    if (fallback && access(fallback, F_OK) == 0) {
+        dsw_strlcpy(buf, fallback, n);
+        return buf;
+    }
+    return NULL;
+}
+
+static int require_pgpass(char *const envp[], char *err)
+{
+    char path[4096];
+    const char *passfile =
+        dsw_conf_pgpass_path(envp, DSW_CONF_PGPASS_DEFAULT_PATH, path, sizeof(path));
     if (!passfile || access(passfile, F_OK) != 0)
         return 0;
     /* systemd's credential directory is already private; the file itself must be too. */
@@ -991,6 +1109,11 @@ void dsw_conf_free(struct dsw_conf *c)
     free(c->runs.env);
     c->runs.env = NULL;
     c->runs.nenv = 0;
+    for (size_t i = 0; i < c->nwarnings; i++)
+        free(c->warnings[i]);
+    free(c->warnings);
+    c->warnings = NULL;
+    c->nwarnings = 0;
     free(c->path);
     c->path = NULL;
 }

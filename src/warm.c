@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define RETIRE_GRACE_MS 2000 /* SIGTERM to SIGKILL for runners we retire */
@@ -286,24 +287,33 @@ static char *dup_or_null(const char *s)
     return s ? dsw_xstrdup(s) : NULL;
 }
 
-int dsw_warm_runner_path(char **out)
+/* Where the runner is looked for, relative to our binary's directory, in order: an install
+ * (libexec/dagster-sqs-worker/), a build directory inside the source tree (build/ beside
+ * libexec/), and any build directory (CMake copies the runner next to the binary). The one list
+ * both the search and the messages use. */
+static const char *const runner_rel[] = {"/../libexec/dagster-sqs-worker/" DSW_WARM_RUNNER_NAME,
+                                         "/../libexec/" DSW_WARM_RUNNER_NAME,
+                                         "/" DSW_WARM_RUNNER_NAME};
+
+/* Our binary's directory, or "" when /proc/self/exe cannot be read. */
+static void exe_dir(char *dir, size_t n)
 {
-    /* install tree, source-tree build (build/ beside libexec/), any build directory (CMake
-     * copies the runner next to the binary) */
-    static const char *const rel[] = {"/../libexec/dagster-sqs-worker/" DSW_WARM_RUNNER_NAME,
-                                      "/../libexec/" DSW_WARM_RUNNER_NAME,
-                                      "/" DSW_WARM_RUNNER_NAME};
-    char exe[PATH_MAX];
-    *out = NULL;
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (n <= 0)
-        return -ENOENT;
-    exe[n] = '\0';
-    char *slash = strrchr(exe, '/');
+    ssize_t len = readlink("/proc/self/exe", dir, n - 1);
+    dir[len > 0 ? len : 0] = '\0';
+    char *slash = strrchr(dir, '/');
     if (slash)
         *slash = '\0';
-    for (size_t i = 0; i < DSW_ARRAY_LEN(rel); i++) {
-        char *cand = dsw_xasprintf("%s%s", exe, rel[i]);
+}
+
+int dsw_warm_runner_path(char **out)
+{
+    char exe[PATH_MAX];
+    *out = NULL;
+    exe_dir(exe, sizeof(exe));
+    if (!exe[0])
+        return -ENOENT;
+    for (size_t i = 0; i < DSW_ARRAY_LEN(runner_rel); i++) {
+        char *cand = dsw_xasprintf("%s%s", exe, runner_rel[i]);
         *out = realpath(cand, NULL);
         free(cand);
         if (*out && access(*out, R_OK) == 0)
@@ -312,6 +322,98 @@ int dsw_warm_runner_path(char **out)
         *out = NULL;
     }
     return -ENOENT;
+}
+
+void dsw_warm_runner_places(char *buf, size_t n)
+{
+    char exe[PATH_MAX];
+    size_t used = 0;
+    exe_dir(exe, sizeof(exe));
+    buf[0] = '\0';
+    for (size_t i = 0; i < DSW_ARRAY_LEN(runner_rel) && used < n; i++) {
+        const char *sep = i == 0 ? "" : i + 1 == DSW_ARRAY_LEN(runner_rel) ? " and " : ", ";
+        int k = snprintf(buf + used, n - used, "%s%s%s", sep, exe[0] ? exe : "<binary dir>",
+                         runner_rel[i]);
+        if (k < 0)
+            break;
+        used += (size_t)k;
+    }
+}
+
+/* An interpreter as execvp finds it: a path with a '/' as is, else the first executable match in
+ * $PATH. 0 with the file in found, or -errno of the (last) candidate. */
+static int find_program(const char *prog, char *found, size_t n)
+{
+    if (strchr(prog, '/')) {
+        dsw_strlcpy(found, prog, n);
+        return access(prog, X_OK) == 0 ? 0 : -errno;
+    }
+    const char *path = getenv("PATH");
+    int rc = -ENOENT;
+    for (const char *p = path ? path : "/usr/bin:/bin"; p;) {
+        const char *colon = strchr(p, ':');
+        size_t len = colon ? (size_t)(colon - p) : strlen(p);
+        snprintf(found, n, "%.*s/%s", (int)len, len ? p : ".", prog);
+        if (access(found, X_OK) == 0)
+            return 0;
+        if (errno != ENOENT)
+            rc = -errno;
+        p = colon ? colon + 1 : NULL;
+    }
+    snprintf(found, n, "%s", prog);
+    return rc;
+}
+
+int dsw_warm_check(const char *python, const char *runner, char *err, size_t n)
+{
+    char found[PATH_MAX];
+    struct stat st;
+    err[0] = '\0';
+    if (!python || !python[0]) {
+        snprintf(err, n, "runs.python: is required when runs.warm > 0");
+        return -EINVAL;
+    }
+    int rc = find_program(python, found, sizeof(found));
+    if (rc == 0 && (stat(found, &st) != 0 || !S_ISREG(st.st_mode)))
+        rc = -EACCES;
+    if (rc) {
+        snprintf(err, n, "runs.python: %s %s (%s)", python,
+                 strchr(python, '/') ? "is not an executable file" : "is not found in $PATH",
+                 strerror(-rc));
+        return rc;
+    }
+    if (runner) {
+        if (access(runner, R_OK) != 0 || stat(runner, &st) != 0)
+            rc = -errno;
+        else if (!S_ISREG(st.st_mode))
+            rc = -EISDIR;
+        if (rc) {
+            snprintf(err, n, "runs.warm_runner: %s is not a readable file (%s)", runner,
+                     strerror(-rc));
+            return rc;
+        }
+        return 0;
+    }
+    char *p = NULL;
+    if (dsw_warm_runner_path(&p) != 0) {
+        char places[3 * PATH_MAX];
+        dsw_warm_runner_places(places, sizeof(places));
+        snprintf(err, n,
+                 "runs.warm: the warm runner %s is not found (looked for %s); set "
+                 "runs.warm_runner",
+                 DSW_WARM_RUNNER_NAME, places);
+        return -ENOENT;
+    }
+    free(p);
+    return 0;
+}
+
+const char *dsw_warm_strerror(int rc, const char *python, const char *runner, char *buf, size_t n)
+{
+    if (dsw_warm_check(python, runner, buf, n) != 0)
+        return buf;
+    snprintf(buf, n, "%s", strerror(-rc));
+    return buf;
 }
 
 /* [python, runner, --imports, imports, --entry, entry]: nothing secret, so argv is fine. */

@@ -1344,6 +1344,8 @@ static void exec_body(struct worker *w)
 static void on_schema(int status, const struct dsw_store_schema *res, void *arg)
 {
     struct worker *w = arg;
+    if (status == -ECANCELED && w->stopped)
+        return; /* on_db_give_up stopped us before the check could run */
     if (status) {
         if (status == -ENOENT || status == -EPROTO)
             dsw_error("the dagster_sqs_worker schema is %s (found version %d, need %d): run "
@@ -1366,6 +1368,24 @@ static void on_schema(int status, const struct dsw_store_schema *res, void *arg)
         exec_body(w);
 }
 
+/* once/exec: PostgreSQL still unreachable after postgres.connect_timeout (failed attempts behind
+ * it): exit 69, as db-init and enqueue do; the daemon (run) waits for it instead. Runs on
+ * t_status, which go() takes over once the schema check passed. */
+static void on_db_give_up(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    struct dsw_db_state st;
+    dsw_db_get_state(w->cl.db, &st);
+    if (w->started || st.up || st.errors == 0)
+        return;
+    uv_timer_stop(t);
+    dsw_error("PostgreSQL unreachable for %lld s: giving up",
+              (long long)(w->conf->postgres.connect_timeout_ms / 1000));
+    w->exit_code = EXIT_UNAVAILABLE;
+    w->draining = true;
+    maybe_stop(w);
+}
+
 static int init_warm(struct worker *w)
 {
     const struct dsw_conf *c = w->conf;
@@ -1375,6 +1395,7 @@ static int init_warm(struct worker *w)
     int rc = child_env(c, &env);
     struct dsw_warm_opts wo = {.n = (unsigned)c->runs.warm,
                                .python = c->runs.python,
+                               .runner = c->runs.warm_runner,
                                .imports = c->runs.warm_imports,
                                .entry = c->runs.warm_entry,
                                .max_age_ms = (uint64_t)c->runs.warm_max_age_ms,
@@ -1383,10 +1404,10 @@ static int init_warm(struct worker *w)
     if (!rc)
         rc = dsw_warm_init(&w->loop, &wo, &w->warm);
     dsw_proc_env_free(env);
+    char why[8192];
     if (rc)
-        dsw_error("runs.warm: cannot start the warm runner pool (%s); the runner %s is looked "
-                  "for in ../libexec/dagster-sqs-worker/, ../libexec/ and beside the binary",
-                  strerror(-rc), DSW_WARM_RUNNER_NAME);
+        dsw_error("cannot start the warm runner pool: %s",
+                  dsw_warm_strerror(rc, c->runs.python, c->runs.warm_runner, why, sizeof(why)));
     else
         dsw_info("keeping %u warm runner(s) ready (%s)", wo.n, c->runs.python);
     return rc;
@@ -1460,6 +1481,9 @@ int dsw_worker_main(const struct dsw_conf *conf, enum dsw_worker_mode mode, cons
             w->exit_code = 1;
             w->draining = true;
             maybe_stop(w);
+        } else if (mode != DSW_WORKER_RUN) {
+            uv_timer_start(&w->t_status, on_db_give_up, (uint64_t)conf->postgres.connect_timeout_ms,
+                           1000);
         }
     }
     uv_run(&w->loop, UV_RUN_DEFAULT);

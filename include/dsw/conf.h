@@ -12,8 +12,11 @@
 #include <stdint.h>
 
 #define DSW_CONF_DEFAULT_PATH "/etc/dagster-sqs-worker/worker.conf"
-#define DSW_CONF_FILE_MAX     (1024 * 1024)
-#define DSW_CONF_ERR_MAX      512
+/* The password file used when neither PGPASSFILE nor $CREDENTIALS_DIRECTORY/pgpass is there
+ * (the one the README's systemd steps create, for db-init, status and enqueue run by hand). */
+#define DSW_CONF_PGPASS_DEFAULT_PATH "/etc/dagster-sqs-worker/pgpass"
+#define DSW_CONF_FILE_MAX            (1024 * 1024)
+#define DSW_CONF_ERR_MAX             512
 
 enum dsw_instance_ref_mode { DSW_INSTANCE_REF_STRIP, DSW_INSTANCE_REF_FORWARD };
 
@@ -64,6 +67,7 @@ struct dsw_conf {
         bool strict_run_id;
         int64_t warm;
         char *python;
+        char *warm_runner; /* NULL: found beside the binary (dsw_warm_runner_path) */
         char *warm_imports;
         char *warm_entry;
         int64_t warm_max_age_ms;
@@ -76,6 +80,10 @@ struct dsw_conf {
         int64_t format; /* enum dsw_log_format */
     } log;
     char *path; /* the file it was read from, NULL when from the environment only */
+    /* What was accepted but looks wrong (a DSW_* variable that names no key), one line each
+     * ("env:NAME: reason"), for the caller to log once logging is set up. */
+    char **warnings;
+    size_t nwarnings;
 };
 
 /* Fill c with every default. */
@@ -104,6 +112,11 @@ int dsw_conf_require(const struct dsw_conf *c, unsigned needs, char *const envp[
 /* A file holding a secret (password file) must not be readable by group or others:
  * 0, -EPERM with a reason in err, or -errno when it cannot be inspected. */
 int dsw_conf_check_private(const char *path, char err[DSW_CONF_ERR_MAX]) DSW_WUR;
+
+/* The password file libpq should read, from envp: PGPASSFILE, else $CREDENTIALS_DIRECTORY/pgpass
+ * when it exists, else fallback (normally DSW_CONF_PGPASS_DEFAULT_PATH) when it exists, else
+ * NULL. Borrowed from envp or written into buf. */
+const char *dsw_conf_pgpass_path(char *const envp[], const char *fallback, char *buf, size_t n);
 
 /* Parse "30s", "500ms", "2m", "1h" (a bare number is seconds) into milliseconds. */
 int dsw_conf_parse_duration(const char *s, int64_t *ms) DSW_WUR;

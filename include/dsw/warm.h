@@ -101,9 +101,23 @@ size_t dsw_warm_ready_pids(const struct dsw_warm *pool, int *pids, size_t max);
  * the pool freed. Call exactly once; dsw_warm_take returns -ESHUTDOWN afterwards. */
 void dsw_warm_close(struct dsw_warm *pool, dsw_warm_close_cb cb, void *arg);
 
-/* Where the runner script is installed: next to our binary (resolved from /proc/self/exe), in
- * ../libexec/dagster-sqs-worker/ (an install) or ../libexec/ (a build directory in the source
- * tree). *out is a new string (caller frees). Errors: -ENOENT when neither exists. */
+/* Where the runner script is installed: in <bindir>/../libexec/dagster-sqs-worker/ (an install),
+ * <bindir>/../libexec/ (a build directory in the source tree) or beside the binary (any build
+ * directory: CMake copies it there), <bindir> resolved from /proc/self/exe. *out is a new
+ * string (caller frees). Errors: -ENOENT when none exists. */
 int dsw_warm_runner_path(char **out) DSW_WUR;
+
+/* The places dsw_warm_runner_path looks, as absolute paths ("A, B and C"), for messages. */
+void dsw_warm_runner_places(char *buf, size_t n);
+
+/* Check a warm setup before it starts (check-config, the daemon's start): python (runs.python)
+ * is an executable file, found as execvp would (in $PATH when it has no '/'); the runner
+ * (runs.warm_runner; NULL: dsw_warm_runner_path) is a readable file. 0, or a negative errno
+ * with "key: what is wrong" naming the path(s) in err. */
+int dsw_warm_check(const char *python, const char *runner, char *err, size_t n) DSW_WUR;
+
+/* Why dsw_warm_init failed with rc, for its log line: what dsw_warm_check finds wrong with
+ * python and runner (naming the paths), else strerror. Returns buf. */
+const char *dsw_warm_strerror(int rc, const char *python, const char *runner, char *buf, size_t n);
 
 #endif

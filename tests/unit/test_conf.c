@@ -4,6 +4,7 @@
 
 #include "dsw/conf.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,6 +299,121 @@ static void test_require(void **state)
     dsw_conf_free(&c);
 }
 
+/* A misspelt DSW_* variable is warned about by name with the closest key; what the test
+ * harnesses and the fault-injection builds set is not. */
+static void test_unknown_env(void **state)
+{
+    struct dsw_conf c;
+    char err[DSW_CONF_ERR_MAX];
+    char *envp[] = {
+        "DSW_RUNS_KIL_GRACE=5s", "DSW_QEUE_URL=http://x/1/q", "DSW_RUNS_BOGUS=1",
+        /* ours, but no keys */
+        "DSW_RUNS_ENV_FOO=bar", "DSW_FAILPOINTS=db_query=error", "DSW_TRAMPOLINE=/x",
+        "DSW_FAILPOINT_NO_VISIBILITY_HEARTBEAT=1", "DSW_FAILPOINT_WEDGE_MS=10",
+        "DSW_FAILPOINT_WEDGE_AFTER_MS=10",
+        /* the test harnesses' (tests/, scripts/, bench/) */
+        "DSW_BIN=/b", "DSW_SOURCE_DIR=/s", "DSW_VECTORS=/v", "DSW_TEST_PG_CONNINFO=x",
+        "DSW_TEST_PG_PORT=1", "DSW_TEST_PG_DATA=x", "DSW_TEST_PG_BIN=x", "DSW_TEST_FAUXQS_URL=x",
+        "DSW_TEST_MOTO_URL=x", "DSW_TEST_PYTHON=x", "DSW_TEST_VERBOSE=1", "DSW_TEST_KEEP_LOGS=1",
+        "DSW_FAKE_START_LOG=x", "DSW_FAKE_PG_CONNINFO=x", "DSW_FAKE_DAGSTER=x", "DSW_FAULT_SEED=1",
+        "DSW_FAULT_RUNS=1", "DSW_FAULT_FAULTS=x", "DSW_DEPLOY_CACHE=x", "DSW_BASE_IMAGE=x",
+        "DSW_BASE_REBUILD=1", "DSW_DAGSTER_SRC=x", "DSW_TRAMPOLINE_HELPER=x",
+        /* a real key, set right */
+        "DSW_RUNS_KILL_GRACE=7s", NULL};
+    assert_int_equal(dsw_conf_load(&c, NULL, envp, err), 0);
+    assert_int_equal(c.runs.kill_grace_ms, 7000);
+    for (size_t i = 0; i < c.nwarnings; i++)
+        fprintf(stderr, "warning: %s\n", c.warnings[i]);
+    assert_int_equal(c.nwarnings, 3);
+    assert_string_equal(c.warnings[0], "env:DSW_RUNS_KIL_GRACE: not a configuration variable, "
+                                       "ignored; did you mean DSW_RUNS_KILL_GRACE?");
+    assert_string_equal(c.warnings[1], "env:DSW_QEUE_URL: not a configuration variable, "
+                                       "ignored; did you mean DSW_QUEUE_URL?");
+    assert_string_equal(c.warnings[2], "env:DSW_RUNS_BOGUS: not a configuration variable, "
+                                       "ignored");
+    dsw_conf_free(&c);
+    assert_int_equal(c.nwarnings, 0);
+    assert_null(c.warnings);
+}
+
+/* Every key's own variable, set to its printed default, loads without a warning. */
+struct env_state {
+    char *env[64];
+    int n;
+};
+
+static void collect_env(const char *section, const char *key, const char *value, void *arg)
+{
+    struct env_state *st = arg;
+    if (strncmp(key, "env.", 4) == 0)
+        return;
+    char *v = dsw_xasprintf("DSW_%s_%s=%s", section, key, value);
+    for (char *q = v; *q != '='; q++)
+        *q = (char)toupper((unsigned char)*q);
+    assert_true(st->n < 63);
+    st->env[st->n++] = v;
+}
+
+static void test_every_key_env_no_warning(void **state)
+{
+    struct dsw_conf c;
+    char err[DSW_CONF_ERR_MAX];
+    struct env_state st = {0};
+    assert_int_equal(dsw_conf_load(&c, NULL, NULL, err), 0);
+    dsw_conf_visit(&c, collect_env, &st);
+    dsw_conf_free(&c);
+    assert_int_equal(st.n, 37);
+    assert_int_equal(dsw_conf_load(&c, NULL, st.env, err), 0);
+    for (size_t i = 0; i < c.nwarnings; i++)
+        fprintf(stderr, "warning: %s\n", c.warnings[i]);
+    assert_int_equal(c.nwarnings, 0);
+    dsw_conf_free(&c);
+    for (int i = 0; i < st.n; i++)
+        free(st.env[i]);
+}
+
+/* runs.warm_runner: a path from the file or DSW_RUNS_WARM_RUNNER; unset by default. */
+static void test_warm_runner_key(void **state)
+{
+    struct dsw_conf c;
+    char err[DSW_CONF_ERR_MAX];
+    assert_int_equal(load_text(&c, "[runs]\nwarm_runner = /opt/r.py\n", NULL, err), 0);
+    assert_string_equal(c.runs.warm_runner, "/opt/r.py");
+    dsw_conf_free(&c);
+    char *envp[] = {"DSW_RUNS_WARM_RUNNER=/srv/runner.py", NULL};
+    assert_int_equal(dsw_conf_load(&c, NULL, envp, err), 0);
+    assert_string_equal(c.runs.warm_runner, "/srv/runner.py");
+    assert_int_equal(c.nwarnings, 0);
+    dsw_conf_free(&c);
+    assert_int_equal(dsw_conf_load(&c, NULL, NULL, err), 0);
+    assert_null(c.runs.warm_runner);
+    dsw_conf_free(&c);
+}
+
+/* The password file: PGPASSFILE, else $CREDENTIALS_DIRECTORY/pgpass when it exists, else the
+ * fallback (the README's /etc/dagster-sqs-worker/pgpass) when it exists. */
+static void test_pgpass_path(void **state)
+{
+    char buf[4096], creds[600], fallback[600], pgpass[640];
+    snprintf(creds, sizeof(creds), "CREDENTIALS_DIRECTORY=%s/creds", dir);
+    snprintf(fallback, sizeof(fallback), "%s/etc-pgpass", dir);
+    char *both[] = {"PGPASSFILE=/run/p", creds, NULL};
+    assert_string_equal(dsw_conf_pgpass_path(both, fallback, buf, sizeof(buf)), "/run/p");
+    char *only_creds[] = {creds, NULL};
+    /* Neither the credential nor the fallback exists yet. */
+    assert_null(dsw_conf_pgpass_path(only_creds, fallback, buf, sizeof(buf)));
+    assert_null(dsw_conf_pgpass_path(NULL, fallback, buf, sizeof(buf)));
+    tu_write_file(fallback, "*:*:*:*:pw\n", 0600);
+    assert_string_equal(dsw_conf_pgpass_path(only_creds, fallback, buf, sizeof(buf)), fallback);
+    assert_string_equal(dsw_conf_pgpass_path(NULL, fallback, buf, sizeof(buf)), fallback);
+    snprintf(pgpass, sizeof(pgpass), "%s/creds", dir);
+    assert_int_equal(mkdir(pgpass, 0700), 0);
+    snprintf(pgpass, sizeof(pgpass), "%s/creds/pgpass", dir);
+    tu_write_file(pgpass, "*:*:*:*:pw\n", 0600);
+    assert_string_equal(dsw_conf_pgpass_path(only_creds, fallback, buf, sizeof(buf)), pgpass);
+    assert_null(dsw_conf_pgpass_path(NULL, NULL, buf, sizeof(buf)));
+}
+
 struct visit_state {
     const char *text;
     int n;
@@ -332,7 +448,7 @@ static void test_shipped_conf(void **state)
                      0);
     struct visit_state st = {.text = text};
     dsw_conf_visit(&c, visit, &st);
-    assert_int_equal(st.n, 36);
+    assert_int_equal(st.n, 37);
     dsw_conf_free(&c);
     free(text);
 }
@@ -349,6 +465,10 @@ int main(void)
         cmocka_unit_test(test_permissions),
         cmocka_unit_test(test_require),
         cmocka_unit_test(test_shipped_conf),
+        cmocka_unit_test(test_unknown_env),
+        cmocka_unit_test(test_every_key_env_no_warning),
+        cmocka_unit_test(test_warm_runner_key),
+        cmocka_unit_test(test_pgpass_path),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
