@@ -184,7 +184,7 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
             cli->help = 1; /* after the loop: the command's own help when one is named */
             break;
         case ':':
-            if (optopt)
+            if (strncmp(argv[optind - 1], "--", 2) != 0)
                 fprintf(stderr, PROG ": option '-%c' needs an argument (try '" PROG " --help')\n",
                         optopt);
             else
@@ -271,10 +271,10 @@ static int load_conf(const struct cli *cli, struct dsw_conf *conf)
         dsw_conf_free(conf);
         return usage_error("bad --log-format", cli->log_format, NULL);
     }
-    if (!cli->log_level && is_admin(cli->command) && level == DSW_LOG_INFO)
-        level = DSW_LOG_WARN;
     conf->log.level = level;
     conf->log.format = format;
+    if (!cli->log_level && is_admin(cli->command) && level == DSW_LOG_INFO)
+        level = DSW_LOG_WARN; /* the threshold only: check-config prints what is configured */
     dsw_log_setup(level, format, 2);
     for (size_t i = 0; i < conf->nwarnings; i++)
         dsw_warn("%s", conf->warnings[i]);

@@ -1,5 +1,7 @@
-/* The command line of the real binary: --version, --help, usage errors (64), configuration
- * errors (78) naming file, line and key, and check-config on the shipped file (0). */
+/* The command line of the real binary: --version, --help and each command's own help, usage
+ * errors (64) naming the program, exec's unreadable input (66, before any connection),
+ * configuration errors (78) naming file, line and key, misspelt DSW_* variables warned about,
+ * check-config of a warm setup, and check-config on the shipped file (0). */
 #include "testutil.h"
 
 #include <stdio.h>
@@ -15,6 +17,9 @@ static int setup(void **state)
     unsetenv("DSW_QUEUE_URL");
     unsetenv("DAGSTER_TASKIQ_SQS_QUEUE_URL");
     unsetenv("DAGSTER_HOME");
+    unsetenv("DSW_RUNS_WARM");
+    unsetenv("DSW_RUNS_PYTHON");
+    unsetenv("DSW_RUNS_WARM_RUNNER");
     return 0;
 }
 
@@ -48,19 +53,89 @@ static void test_version_and_help(void **state)
     free(out);
 }
 
+static void expect_in(const char *out, const char *want)
+{
+    if (!strstr(out, want))
+        fail_msg("'%s' lacks '%s'", out, want);
+}
+
+/* COMMAND --help (before or after the command, with or without its arguments) is that
+ * command's help, not the global one. */
+static void test_command_help(void **state)
+{
+    static const struct {
+        const char *cmd, *synopsis, *word;
+    } cases[] = {
+        {"run", "run\n", "SIGHUP"},
+        {"check-config", "check-config [--connect]", "--connect"},
+        {"db-init", "db-init\n", "PGPASSFILE"},
+        {"once", "once\n", "at most one message"},
+        {"exec", "exec FILE|-", "66 when FILE cannot be read"},
+        {"enqueue", "enqueue RUN_ID", "NOT_STARTED"},
+        {"status", "status\n", "unfinished claims"},
+    };
+    char *out, want[128];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(want, sizeof(want), "usage: dagster-sqs-worker [global options] %s",
+                 cases[i].synopsis);
+        assert_int_equal(run(cases[i].cmd, "--help", NULL, NULL, &out), 0);
+        expect_in(out, want);
+        expect_in(out, cases[i].word);
+        expect_in(out, "--config FILE");
+        assert_null(strstr(out, "commands ("));
+        free(out);
+        assert_int_equal(run("-h", cases[i].cmd, NULL, NULL, &out), 0);
+        expect_in(out, want);
+        free(out);
+    }
+    /* With the argument it needs, or without it: help wins. */
+    assert_int_equal(run("exec", "/no/such/file", "--help", NULL, &out), 0);
+    expect_in(out, "exec FILE|-");
+    free(out);
+    assert_int_equal(run("enqueue", "--help", NULL, NULL, &out), 0);
+    expect_in(out, "enqueue RUN_ID");
+    free(out);
+    /* Global help names every command and points at the per-command help. */
+    assert_int_equal(run("--help", NULL, NULL, NULL, &out), 0);
+    expect_in(out, "COMMAND --help");
+    free(out);
+    assert_int_equal(run("frobnicate", "--help", NULL, NULL, &out), 64);
+    expect_in(out, "unknown command 'frobnicate'");
+    free(out);
+}
+
 static void test_usage_errors(void **state)
 {
     char *out;
     assert_int_equal(run("frobnicate", NULL, NULL, NULL, &out), 64);
     assert_non_null(strstr(out, "unknown command 'frobnicate'"));
     free(out);
-    assert_int_equal(run("--frob", NULL, NULL, NULL, &out), 64);
+    /* The program's name, not the path it was run by; and where to look. */
+    assert_int_equal(run("--bogus", NULL, NULL, NULL, &out), 64);
+    assert_string_equal(out, "dagster-sqs-worker: unknown option '--bogus' (try "
+                             "'dagster-sqs-worker --help')\n");
     free(out);
-    assert_int_equal(run("exec", NULL, NULL, NULL, &out), 64);
+    assert_int_equal(run("check-config", "--bogus=1", NULL, NULL, &out), 64);
+    expect_in(out, "dagster-sqs-worker: unknown option '--bogus=1'");
     free(out);
-    assert_int_equal(run("enqueue", "a", "b", NULL, &out), 64);
+    assert_int_equal(run("-x", NULL, NULL, NULL, &out), 64);
+    assert_string_equal(
+        out, "dagster-sqs-worker: unknown option '-x' (try 'dagster-sqs-worker --help')\n");
+    free(out);
+    assert_int_equal(run("-c", NULL, NULL, NULL, &out), 64);
+    expect_in(out, "dagster-sqs-worker: option '-c' needs an argument");
+    free(out);
+    assert_int_equal(run("--config", NULL, NULL, NULL, &out), 64);
+    expect_in(out, "dagster-sqs-worker: option '--config' needs an argument");
+    assert_null(strstr(out, tu_need_env("DSW_BIN")));
     free(out);
     assert_int_equal(run("status", "extra", NULL, NULL, &out), 64);
+    expect_in(out, "unexpected argument 'extra' (try 'dagster-sqs-worker status --help')");
+    free(out);
+    assert_int_equal(run("exec", NULL, NULL, NULL, &out), 64);
+    expect_in(out, "(try 'dagster-sqs-worker exec --help')");
+    free(out);
+    assert_int_equal(run("enqueue", "a", "b", NULL, &out), 64);
     free(out);
     assert_int_equal(run("--log-level", "loud", "check-config", NULL, &out), 64);
     free(out);
@@ -103,6 +178,122 @@ static void test_check_config(void **state)
     free(out);
 }
 
+/* exec's input is opened before the configuration is even read, let alone a connection made:
+ * a bad path is 66 at once, whatever else is wrong. */
+static void test_exec_input_first(void **state)
+{
+    char *out;
+    assert_int_equal(run("exec", "/no/such/dir/body.json", NULL, NULL, &out), 66);
+    assert_string_equal(out, "dagster-sqs-worker: exec: cannot read /no/such/dir/body.json: No "
+                             "such file or directory\n");
+    free(out);
+    assert_int_equal(run("exec", dir, NULL, NULL, &out), 66);
+    expect_in(out, "Is a directory");
+    free(out);
+}
+
+/* A misspelt variable is named, with the key it probably meant; the harness's own DSW_*
+ * variables (this test runs with DSW_BIN and DSW_SOURCE_DIR set) are not. */
+static void test_unknown_env_warned(void **state)
+{
+    char *out;
+    setenv("DSW_QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/123456789012/runs", 1);
+    setenv("DSW_POSTGRES_CONNINFO", "host=127.0.0.1 dbname=dagster", 1);
+    setenv("DSW_RUNS_DAGSTER_HOME", "/srv/dagster", 1);
+    assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 0);
+    assert_null(strstr(out, "not a configuration variable"));
+    expect_in(out, "level = info");
+    free(out);
+    setenv("DSW_RUNS_KIL_GRACE", "5s", 1);
+    assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 0);
+    expect_in(out, "env:DSW_RUNS_KIL_GRACE: not a configuration variable, ignored; did you mean "
+                   "DSW_RUNS_KILL_GRACE?");
+    expect_in(out, "kill_grace = 30s");
+    free(out);
+    /* Also for the commands that only warn (and in JSON when asked for). */
+    assert_int_equal(run("--log-format", "json", "check-config", NULL, &out), 0);
+    expect_in(out, "\"level\": \"warn\"");
+    expect_in(out, "DSW_RUNS_KIL_GRACE");
+    free(out);
+    unsetenv("DSW_RUNS_KIL_GRACE");
+    unsetenv("DSW_QUEUE_URL");
+    unsetenv("DSW_POSTGRES_CONNINFO");
+    unsetenv("DSW_RUNS_DAGSTER_HOME");
+}
+
+/* runs.warm > 0: check-config fails (78) naming what is missing: runs.python, an interpreter
+ * that is not there, a runs.warm_runner that is not there, or no runner beside a binary copied
+ * out of its tree (naming every place it looked); a good setup passes. */
+static void test_check_config_warm(void **state)
+{
+    char *out, lone[4096], runner[4096], cmd[8400];
+    setenv("DSW_QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/123456789012/runs", 1);
+    setenv("DSW_POSTGRES_CONNINFO", "host=127.0.0.1 dbname=dagster", 1);
+    setenv("DSW_RUNS_DAGSTER_HOME", "/srv/dagster", 1);
+    setenv("DSW_RUNS_WARM", "1", 1);
+    assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 78);
+    expect_in(out, "runs.python: is required when runs.warm > 0");
+    free(out);
+    setenv("DSW_RUNS_PYTHON", "/no/such/python3", 1);
+    assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 78);
+    expect_in(out, "runs.python: /no/such/python3 is not an executable file");
+    free(out);
+    setenv("DSW_RUNS_PYTHON", "no-such-python-xyz", 1);
+    assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 78);
+    expect_in(out, "runs.python: no-such-python-xyz is not found in $PATH");
+    free(out);
+    setenv("DSW_RUNS_PYTHON", "/usr/bin/python3", 1);
+    assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 0);
+    free(out);
+    setenv("DSW_RUNS_WARM_RUNNER", "/no/such/runner.py", 1);
+    assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 78);
+    expect_in(out, "runs.warm_runner: /no/such/runner.py is not a readable file");
+    free(out);
+    /* The daemon itself refuses to start the same way, before connecting anywhere. */
+    assert_int_equal(run("run", NULL, NULL, NULL, &out), 78);
+    expect_in(out, "runs.warm_runner: /no/such/runner.py");
+    free(out);
+    unsetenv("DSW_RUNS_WARM_RUNNER");
+
+    /* The binary alone in a directory: no runner beside it nor in ../libexec. */
+    snprintf(lone, sizeof(lone), "%s/bin/dagster-sqs-worker", dir);
+    snprintf(cmd, sizeof(cmd), "mkdir -p '%s/bin' && cp '%s' '%s'", dir, tu_need_env("DSW_BIN"),
+             lone);
+    assert_int_equal(system(cmd), 0);
+    char *argv[] = {lone, "check-config", NULL};
+    assert_int_equal(tu_run(argv, NULL, &out), 78);
+    expect_in(out, "the warm runner dsw-warm-runner.py is not found (looked for ");
+    char place[4200];
+    const char *const rel[] = {"/bin/../libexec/dagster-sqs-worker/dsw-warm-runner.py",
+                               "/bin/../libexec/dsw-warm-runner.py", "/bin/dsw-warm-runner.py"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(place, sizeof(place), "%s%s", dir, rel[i]);
+        expect_in(out, place);
+    }
+    expect_in(out, "set runs.warm_runner");
+    free(out);
+    /* ... found once runs.warm_runner names it, */
+    snprintf(runner, sizeof(runner), "%s/libexec/dsw-warm-runner.py",
+             tu_need_env("DSW_SOURCE_DIR"));
+    setenv("DSW_RUNS_WARM_RUNNER", runner, 1);
+    assert_int_equal(tu_run(argv, NULL, &out), 0);
+    free(out);
+    unsetenv("DSW_RUNS_WARM_RUNNER");
+    /* ... or once it is installed in ../libexec/dagster-sqs-worker/ as cmake --install does. */
+    snprintf(cmd, sizeof(cmd),
+             "mkdir -p '%s/libexec/dagster-sqs-worker' && cp '%s' '%s/libexec/dagster-sqs-worker/'",
+             dir, runner, dir);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(tu_run(argv, NULL, &out), 0);
+    free(out);
+
+    unsetenv("DSW_RUNS_WARM");
+    unsetenv("DSW_RUNS_PYTHON");
+    unsetenv("DSW_QUEUE_URL");
+    unsetenv("DSW_POSTGRES_CONNINFO");
+    unsetenv("DSW_RUNS_DAGSTER_HOME");
+}
+
 /* Containers: no file at all, everything from the environment. */
 static void test_env_only(void **state)
 {
@@ -129,10 +320,10 @@ static void test_env_only(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_version_and_help),
-        cmocka_unit_test(test_usage_errors),
-        cmocka_unit_test(test_check_config),
-        cmocka_unit_test(test_env_only),
+        cmocka_unit_test(test_version_and_help),   cmocka_unit_test(test_command_help),
+        cmocka_unit_test(test_usage_errors),       cmocka_unit_test(test_exec_input_first),
+        cmocka_unit_test(test_unknown_env_warned), cmocka_unit_test(test_check_config_warm),
+        cmocka_unit_test(test_check_config),       cmocka_unit_test(test_env_only),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

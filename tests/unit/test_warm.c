@@ -559,6 +559,91 @@ static void test_runner_path(void **state)
     free(p);
 }
 
+/* The places in messages are the places searched: absolute, in order, and the runner found is
+ * one of them. */
+static void test_runner_places(void **state)
+{
+    char places[3 * PATH_MAX], exe[PATH_MAX], want[PATH_MAX + 64], *p = NULL;
+    dsw_warm_runner_places(places, sizeof(places));
+    dsw_strlcpy(exe, self, sizeof(exe));
+    *strrchr(exe, '/') = '\0';
+    const char *const rel[] = {"/../libexec/dagster-sqs-worker/" DSW_WARM_RUNNER_NAME,
+                               "/../libexec/" DSW_WARM_RUNNER_NAME, "/" DSW_WARM_RUNNER_NAME};
+    const char *at = places;
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(want, sizeof(want), "%s%s%s", i == 0 ? "" : i == 2 ? " and " : ", ", exe, rel[i]);
+        if (strncmp(at, want, strlen(want)) != 0)
+            fail_msg("'%s' lacks '%s' at '%s'", places, want, at);
+        at += strlen(want);
+    }
+    assert_string_equal(at, "");
+    assert_int_equal(dsw_warm_runner_path(&p), 0);
+    int found = 0;
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(want, sizeof(want), "%s%s", exe, rel[i]);
+        char *real = realpath(want, NULL);
+        found |= real && strcmp(real, p) == 0;
+        free(real);
+    }
+    assert_true(found);
+    free(p);
+    /* A short buffer is cut, never overrun. */
+    char small[16];
+    memset(small, 'x', sizeof(small));
+    dsw_warm_runner_places(small, 10);
+    assert_int_equal(strlen(small), 9);
+    assert_int_equal(small[15], 'x');
+}
+
+static void test_check(void **state)
+{
+    char err[2 * PATH_MAX];
+    assert_int_equal(dsw_warm_check(python, runner, err, sizeof(err)), 0);
+    assert_string_equal(err, "");
+    assert_int_equal(dsw_warm_check("python3", NULL, err, sizeof(err)), 0); /* in $PATH; found */
+    assert_int_equal(dsw_warm_check(NULL, runner, err, sizeof(err)), -EINVAL);
+    assert_string_equal(err, "runs.python: is required when runs.warm > 0");
+    assert_int_equal(dsw_warm_check("/no/such/python", runner, err, sizeof(err)), -ENOENT);
+    assert_string_equal(err, "runs.python: /no/such/python is not an executable file (No such "
+                             "file or directory)");
+    /* Not executable, and a directory, are no interpreters either. */
+    char *dir = tu_tmpdir(), plain[PATH_MAX];
+    snprintf(plain, sizeof(plain), "%s/python", dir);
+    tu_write_file(plain, "#!/bin/sh\n", 0644);
+    assert_int_equal(dsw_warm_check(plain, runner, err, sizeof(err)), -EACCES);
+    assert_non_null(strstr(err, "is not an executable file"));
+    tu_rm_rf(dir);
+    free(dir);
+    assert_int_equal(dsw_warm_check("/tmp", runner, err, sizeof(err)), -EACCES);
+    assert_int_equal(dsw_warm_check("no-such-python-xyz", runner, err, sizeof(err)), -ENOENT);
+    assert_non_null(strstr(err, "no-such-python-xyz is not found in $PATH"));
+    assert_int_equal(dsw_warm_check(python, "/no/such/runner.py", err, sizeof(err)), -ENOENT);
+    assert_string_equal(err, "runs.warm_runner: /no/such/runner.py is not a readable file (No "
+                             "such file or directory)");
+    assert_int_equal(dsw_warm_check(python, "/tmp", err, sizeof(err)), -EISDIR);
+}
+
+/* dsw_warm_init with an explicit runner that is not there: -ENOENT, and the message names the
+ * path (the daemon logs it). */
+static void test_init_names_missing_runner(void **state)
+{
+    uv_loop_t loop;
+    struct dsw_warm *w = (struct dsw_warm *)1;
+    char why[2 * PATH_MAX];
+    struct dsw_warm_opts o = {.n = 1, .python = python, .runner = "/no/such/runner.py"};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    int rc = dsw_warm_init(&loop, &o, &w);
+    assert_int_equal(rc, -ENOENT);
+    assert_null(w);
+    assert_string_equal(dsw_warm_strerror(rc, o.python, o.runner, why, sizeof(why)),
+                        "runs.warm_runner: /no/such/runner.py is not a readable file (No such "
+                        "file or directory)");
+    /* Nothing wrong with the setup: the errno's text. */
+    assert_string_equal(dsw_warm_strerror(-EMFILE, python, runner, why, sizeof(why)),
+                        strerror(EMFILE));
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], DSW_PROC_TRAMPOLINE_ARG))
@@ -588,12 +673,20 @@ int main(int argc, char **argv)
         python = getenv("DSW_TEST_PYTHON");
     signal(SIGPIPE, SIG_IGN); /* as the daemon does */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_handover),           cmocka_unit_test(test_exit_codes),
-        cmocka_unit_test(test_killed_before_use),  cmocka_unit_test(test_never_ready),
-        cmocka_unit_test(test_recycle_by_age),     cmocka_unit_test(test_recycle_call),
-        cmocka_unit_test(test_cancel_and_timeout), cmocka_unit_test(test_request_not_on_cmdline),
-        cmocka_unit_test(test_options_and_off),    cmocka_unit_test(test_close_while_starting),
+        cmocka_unit_test(test_handover),
+        cmocka_unit_test(test_exit_codes),
+        cmocka_unit_test(test_killed_before_use),
+        cmocka_unit_test(test_never_ready),
+        cmocka_unit_test(test_recycle_by_age),
+        cmocka_unit_test(test_recycle_call),
+        cmocka_unit_test(test_cancel_and_timeout),
+        cmocka_unit_test(test_request_not_on_cmdline),
+        cmocka_unit_test(test_options_and_off),
+        cmocka_unit_test(test_close_while_starting),
         cmocka_unit_test(test_runner_path),
+        cmocka_unit_test(test_runner_places),
+        cmocka_unit_test(test_check),
+        cmocka_unit_test(test_init_names_missing_runner),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
