@@ -428,6 +428,75 @@ char *dsw_dagster_run_event(const char *run_id, const char *job_name, const char
     return write_event(&ev, NULL, 1);
 }
 
+/* ---- failures ---- */
+
+static int status_ok(const char *s);
+
+static int reason_ok(const char *s)
+{
+    return s && status_ok(s);
+}
+
+static json_t *failure_data(const char *reason)
+{
+    int bad = 0;
+    char name[64];
+    json_t *d = klass("PipelineFailureData", &bad), *r;
+    if (reason) {
+        snprintf(name, sizeof(name), "RunFailureReason.%s", reason);
+        r = json_object();
+        set(r, "__enum__", json_string(name), &bad);
+    } else {
+        r = json_null();
+    }
+    set(d, "error", json_null(), &bad);
+    set(d, "failure_reason", r, &bad);
+    set(d, "first_step_failure_event", json_null(), &bad);
+    if (bad) {
+        json_decref(d);
+        return NULL;
+    }
+    return d;
+}
+
+char *dsw_dagster_failure_data(const char *reason)
+{
+    if (reason && !reason_ok(reason))
+        return NULL;
+    json_t *d = failure_data(reason);
+    char *s = write_json(d, 1);
+    json_decref(d);
+    return s;
+}
+
+char *dsw_dagster_failure_event(const char *run_id, const char *job_name, const char *message,
+                                const char *reason, double timestamp)
+{
+    struct dsw_dagster_event ev = {
+        .run_id = run_id,
+        .job_name = job_name,
+        .event_type = "PIPELINE_FAILURE",
+        .message = message,
+        .level = 40,
+        .pid = -1,
+        .timestamp = timestamp,
+    };
+    if (reason && !reason_ok(reason))
+        return NULL;
+    json_t *d = failure_data(reason);
+    return d ? write_event(&ev, d, 1) : NULL;
+}
+
+char *dsw_dagster_marked_message(int canceled, const char *cause)
+{
+    size_t n = cause ? strlen(cause) : 0;
+    while (n > 0 && (cause[n - 1] == '.' || cause[n - 1] == ' '))
+        n--;
+    const char *end = n > 0 && (cause[n - 1] == '!' || cause[n - 1] == '?') ? "" : ".";
+    return dsw_xasprintf("[dagster-sqs-worker] This run has been marked as %s: %.*s%s",
+                         canceled ? "canceled" : "failed", (int)n, n ? cause : "", end);
+}
+
 /* ---- stored bodies ---- */
 
 int dsw_dagster_json_normalize(const char *json, int sort, char **out)
@@ -461,24 +530,67 @@ static int status_ok(const char *s)
     return 1;
 }
 
-int dsw_dagster_body_set_status(const char *run_body, const char *status, char **out)
+/* tags with the new ones merged, as a new object with sorted keys (serialize_value's order). */
+static json_t *merged_tags(json_t *old, const struct dsw_kv *tags, size_t ntags, int *bad)
+{
+    json_t *all = json_is_object(old) ? json_copy(old) : json_object(), *sorted = json_object();
+    for (size_t i = 0; all && i < ntags; i++) {
+        if (!tags[i].key || !tags[i].value)
+            *bad = 1;
+        else
+            set(all, tags[i].key, json_string(tags[i].value), bad); /* NULL: not UTF-8 */
+    }
+    size_t n = json_object_size(all), i = 0;
+    const char **keys = dsw_xcalloc(n ? n : 1, sizeof(*keys));
+    const char *k;
+    json_t *v;
+    json_object_foreach(all, k, v) keys[i++] = k;
+    qsort(keys, n, sizeof(*keys), cmp_keys);
+    for (i = 0; i < n; i++)
+        set(sorted, keys[i], json_incref(json_object_get(all, keys[i])), bad);
+    free(keys);
+    json_decref(all);
+    return sorted;
+}
+
+int dsw_dagster_body_update(const char *run_body, const char *status, const struct dsw_kv *tags,
+                            size_t ntags, char **out)
 {
     *out = NULL;
     json_t *run = load_run(run_body);
     char name[64];
-    if (!run || !status_ok(status) || !json_object_get(run, "status")) {
+    int bad = 0;
+    if (!run || (status && (!status_ok(status) || !json_object_get(run, "status"))) ||
+        (ntags && !tags)) {
         json_decref(run);
         return -EINVAL;
     }
-    snprintf(name, sizeof(name), "PipelineRunStatus.%s", status);
-    int bad = 0;
-    json_t *e = json_object();
-    set(e, "__enum__", json_string(name), &bad);
-    set(run, "status", e, &bad); /* replaced in place: the member keeps its position */
+    if (status) {
+        snprintf(name, sizeof(name), "PipelineRunStatus.%s", status);
+        json_t *e = json_object();
+        set(e, "__enum__", json_string(name), &bad);
+        set(run, "status", e, &bad); /* replaced in place: the member keeps its position */
+    }
+    if (ntags) {
+        json_t *old = json_object_get(run, "tags");
+        if (old && !json_is_null(old) && !json_is_object(old))
+            bad = 1;
+        else
+            set(run, "tags", merged_tags(old, tags, ntags, &bad), &bad);
+    }
     if (!bad)
         *out = write_json(run, 0);
     json_decref(run);
     return *out ? 0 : -EINVAL;
+}
+
+int dsw_dagster_body_set_status(const char *run_body, const char *status, char **out)
+{
+    if (!status) {
+        *out = NULL;
+        return -EINVAL;
+    }
+    return dsw_dagster_body_update(run_body, status, NULL, 0, out);
 }
 
 static void free_argv(char **argv)

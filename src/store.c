@@ -184,6 +184,19 @@ static const char SQL_RUN_END[] =
     " end_time = $5::float8 WHERE run_id = $1"
     " AND status NOT IN ('SUCCESS', 'FAILURE', 'CANCELED') AND EXISTS (SELECT 1 FROM " CLAIMS
     " c WHERE c.run_id = $1 AND c.fencing_token = $6::bigint)";
+/* Dagster's add_run_tags for one tag (update the key's rows, else insert one), fenced; the
+ * count of rows written (0: the fence failed). */
+static const char SQL_TAG_UPSERT[] =
+    "WITH f AS (SELECT 1 FROM " CLAIMS " WHERE run_id = $1::text AND fencing_token = $4::bigint),"
+    " upd AS (UPDATE run_tags SET value = $3::text WHERE run_id = $1::text AND key = $2::text"
+    " AND EXISTS (SELECT 1 FROM f) RETURNING 1),"
+    " ins AS (INSERT INTO run_tags (run_id, key, value) SELECT $1::text, $2::text, $3::text"
+    " WHERE EXISTS (SELECT 1 FROM f) AND NOT EXISTS (SELECT 1 FROM upd) RETURNING 1)"
+    " SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins)";
+/* add_run_tags' body write (the tags merged, status from the column), fenced. */
+static const char SQL_RUN_TAGS[] =
+    "UPDATE runs SET run_body = $2, update_timestamp = $3::timestamp WHERE run_id = $1"
+    " AND EXISTS (SELECT 1 FROM " CLAIMS " c WHERE c.run_id = $1 AND c.fencing_token = $4::bigint)";
 static const char SQL_RUN_STARTING[] =
     "UPDATE runs SET status = 'STARTING', run_body = $2, update_timestamp = $3::timestamp"
     " WHERE run_id = $1 AND status IN ('NOT_STARTED', 'QUEUED')";
@@ -575,7 +588,9 @@ struct op {
     char token[24];
     int exit_code, term_signal, pid, receive_count;
     double duration_s;
-    char *outcome, *cause, *message_id;
+    char *outcome, *cause, *message_id, *failure_reason;
+    struct dsw_kv tags[2]; /* run tags to write (borrowed strings), tags[tag_i] next */
+    size_t ntags, tag_i;
 
     char *job_name, *body; /* read inside the transaction */
     double now;
@@ -605,6 +620,7 @@ static void op_free(struct op *o)
     free(o->outcome);
     free(o->cause);
     free(o->message_id);
+    free(o->failure_reason);
     free(o->job_name);
     free(o->body);
     free(o);
@@ -734,20 +750,59 @@ static int op_take_run(struct op *o, const struct dsw_db_result *r, int c_status
     return 0;
 }
 
-/* The stored body with the new status; the original when it cannot be rewritten (the status
- * column, which Dagster reads first, is updated anyway). */
+/* The stored body with the new status (NULL: kept) and o->tags merged; the original when it
+ * cannot be rewritten (the status column, which Dagster reads first, and run_tags are updated
+ * anyway). */
 static char *body_with(struct op *o, const char *status)
 {
     char *out = NULL;
-    if (o->body && dsw_dagster_body_set_status(o->body, status, &out) == 0)
+    if (o->body && dsw_dagster_body_update(o->body, status, o->tags, o->ntags, &out) == 0)
         return out;
-    dsw_warn("store: run %s: run_body is not a PipelineRun; status updated alone", o->run_id);
+    dsw_warn("store: run %s: run_body is not a PipelineRun; status and tags updated alone",
+             o->run_id);
     return o->body ? dsw_xstrdup(o->body) : NULL;
+}
+
+/* Send the upsert of the next tag in o->tags (result at step); 0 when none is left. */
+static int op_next_tag(struct op *o, int step)
+{
+    if (o->tag_i >= o->ntags)
+        return 0;
+    const struct dsw_kv *t = &o->tags[o->tag_i++];
+    const char *p[] = {o->run_id, t->key, t->value, o->token};
+    op_q(o, step, SQL_TAG_UPSERT, 4, p);
+    return 1;
+}
+
+/* An upsert wrote at least one row; else only the fence can have failed. */
+static bool op_tag_written(const struct dsw_db_result *r)
+{
+    const char *v = dsw_db_result_value(r, 0, 0);
+    return v && strcmp(v, "0") != 0;
+}
+
+/* The RunFailureReason of a failure recorded without one (dsw_store_record_outcome says why). */
+static const char *reason_by_outcome(const char *outcome)
+{
+    static const char *const interrupted[] = {"exited", "signaled", "drained", "lost"};
+    for (size_t i = 0; outcome && i < DSW_ARRAY_LEN(interrupted); i++)
+        if (strcmp(outcome, interrupted[i]) == 0)
+            return DSW_FAILURE_UNEXPECTED_TERMINATION;
+    return DSW_FAILURE_UNKNOWN;
 }
 
 /* ---- record_exit / record_outcome ---------------------------------------------------------- */
 
-enum { R_BEGIN, R_CLAIM_DONE, R_CLAIM_SEEN, R_RUN_LOCKED, R_EXIT_EVENT, R_END_EVENT, R_RUN_SET };
+enum {
+    R_BEGIN,
+    R_CLAIM_DONE,
+    R_CLAIM_SEEN,
+    R_RUN_LOCKED,
+    R_EXIT_EVENT,
+    R_END_EVENT,
+    R_TAG,
+    R_RUN_SET
+};
 
 static void record_exit_event(struct op *o)
 {
@@ -777,21 +832,30 @@ static void record_exit_event(struct op *o)
                                       o->now));
 }
 
-/* A run that is not terminal gets its terminal event: CANCELED when a cancel was asked. */
+/* A run that is not terminal gets its terminal event: CANCELED when a cancel was asked (like
+ * report_run_canceled, no data), else FAILURE with its reason, tagged unless UNKNOWN. */
 static void record_end_event(struct op *o)
 {
-    char msg[512];
     if (dsw_store_status_terminal(o->rr.before)) {
         op_commit(o);
         return;
     }
     bool cancel = o->rr.before == DSW_STATUS_CANCELING;
     o->rr.after = cancel ? DSW_STATUS_CANCELED : DSW_STATUS_FAILURE;
-    snprintf(msg, sizeof(msg), "[dagster-sqs-worker] This run has been marked as %s: %s.",
-             cancel ? "canceled" : "failed", o->cause);
-    const char *type = cancel ? "PIPELINE_CANCELED" : "PIPELINE_FAILURE";
-    op_event(o, R_END_EVENT, type,
-             dsw_dagster_run_event(o->run_id, o->job_name, type, msg, -1, o->now));
+    char *msg = dsw_dagster_marked_message(cancel, o->cause);
+    if (cancel) {
+        op_event(
+            o, R_END_EVENT, "PIPELINE_CANCELED",
+            dsw_dagster_run_event(o->run_id, o->job_name, "PIPELINE_CANCELED", msg, -1, o->now));
+    } else {
+        if (strcmp(o->failure_reason, DSW_FAILURE_UNKNOWN) != 0) {
+            o->tags[0] = (struct dsw_kv){DSW_DAGSTER_TAG_FAILURE_REASON, o->failure_reason};
+            o->ntags = 1;
+        }
+        op_event(o, R_END_EVENT, "PIPELINE_FAILURE",
+                 dsw_dagster_failure_event(o->run_id, o->job_name, msg, o->failure_reason, o->now));
+    }
+    free(msg);
 }
 
 static void record_set_run(struct op *o)
@@ -859,7 +923,13 @@ static void record_step(struct op *o, const struct dsw_db_result *r)
     case R_END_EVENT:
         if (dsw_db_result_nrows(r) != 1)
             op_fail(o, -ESTALE);
-        else
+        else if (!op_next_tag(o, R_TAG))
+            record_set_run(o);
+        return;
+    case R_TAG:
+        if (!op_tag_written(r))
+            op_fail(o, -ESTALE);
+        else if (!op_next_tag(o, R_TAG))
             record_set_run(o);
         return;
     case R_RUN_SET:
@@ -893,6 +963,8 @@ int dsw_store_record_exit(struct dsw_store *s, const struct dsw_store_exit *e,
         snprintf(cause, sizeof(cause), "run worker (pid %d) exited with code %d", e->pid,
                  e->exit_code);
     o->cause = dsw_xstrdup(e->cause ? e->cause : cause);
+    o->failure_reason =
+        dsw_xstrdup(e->failure_reason ? e->failure_reason : reason_by_outcome(o->outcome));
     return op_start(o, record_step);
 }
 
@@ -906,12 +978,30 @@ int dsw_store_record_outcome(struct dsw_store *s, const struct dsw_store_outcome
     snprintf(o->token, sizeof(o->token), "%lld", (long long)oc->token);
     o->outcome = dsw_xstrdup(oc->outcome);
     o->cause = dsw_xstrdup(oc->cause);
+    o->failure_reason =
+        dsw_xstrdup(oc->failure_reason ? oc->failure_reason : reason_by_outcome(o->outcome));
     return op_start(o, record_step);
 }
 
 /* ---- record_launch ------------------------------------------------------------------------- */
 
-enum { L_BEGIN, L_CLAIMED, L_RUN, L_EVENT };
+enum { L_BEGIN, L_CLAIMED, L_RUN, L_EVENT, L_TAG, L_BODY };
+
+/* After the tags: the body with them merged, as add_run_tags writes it (status from the
+ * column, update_timestamp now). */
+static void launch_set_body(struct op *o)
+{
+    enum dsw_store_status st = o->rr.before;
+    char *body =
+        o->body ? body_with(o, st == DSW_STATUS_UNKNOWN ? NULL : dsw_store_status_name(st)) : NULL;
+    if (!body) {
+        op_commit(o);
+        return;
+    }
+    const char *p[] = {o->run_id, body, o->now_naive, o->token};
+    op_q(o, L_BODY, SQL_RUN_TAGS, 4, p);
+    free(body);
+}
 
 static void launch_step(struct op *o, const struct dsw_db_result *r)
 {
@@ -931,7 +1021,7 @@ static void launch_step(struct op *o, const struct dsw_db_result *r)
             op_q(o, L_RUN, SQL_LOCK_RUN, 1, p1);
         return;
     case L_RUN: {
-        if (op_take_run(o, r, 0, 1, -1) < 0) {
+        if (op_take_run(o, r, 0, 1, 2) < 0) {
             op_fail(o, -ENOENT);
             return;
         }
@@ -947,7 +1037,23 @@ static void launch_step(struct op *o, const struct dsw_db_result *r)
         return;
     }
     case L_EVENT:
-        if (dsw_db_result_nrows(r) != 1)
+        if (dsw_db_result_nrows(r) != 1) {
+            op_fail(o, -ESTALE);
+            return;
+        }
+        o->tags[o->ntags++] = (struct dsw_kv){DSW_STORE_TAG_WORKER_ID, o->s->worker_id};
+        if (o->message_id && *o->message_id)
+            o->tags[o->ntags++] = (struct dsw_kv){DSW_STORE_TAG_MESSAGE_ID, o->message_id};
+        op_next_tag(o, L_TAG);
+        return;
+    case L_TAG:
+        if (!op_tag_written(r))
+            op_fail(o, -ESTALE);
+        else if (!op_next_tag(o, L_TAG))
+            launch_set_body(o);
+        return;
+    case L_BODY:
+        if (dsw_db_result_cmd_tuples(r) != 1)
             op_fail(o, -ESTALE);
         else
             op_commit(o);

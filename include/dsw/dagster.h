@@ -29,6 +29,48 @@ char *dsw_dagster_engine_event(const char *run_id, const char *job_name, const c
 char *dsw_dagster_run_event(const char *run_id, const char *job_name, const char *event_type,
                             const char *message, int pid, double timestamp);
 
+/* ---- failures as current Dagster records them ---- */
+
+/* RunFailureReason members (dagster._core.events), the value of the run tag
+ * DSW_DAGSTER_TAG_FAILURE_REASON. 1.7 knows all but RUN_WORKER_RESTART (it reads an unknown
+ * member as UNKNOWN); 1.3 has no failure_reason and ignores the member. */
+#define DSW_FAILURE_UNEXPECTED_TERMINATION     "UNEXPECTED_TERMINATION"
+#define DSW_FAILURE_RUN_WORKER_RESTART         "RUN_WORKER_RESTART"
+#define DSW_FAILURE_RUN_EXCEPTION              "RUN_EXCEPTION"
+#define DSW_FAILURE_STEP_FAILURE               "STEP_FAILURE"
+#define DSW_FAILURE_JOB_INITIALIZATION_FAILURE "JOB_INITIALIZATION_FAILURE"
+#define DSW_FAILURE_START_TIMEOUT              "START_TIMEOUT"
+#define DSW_FAILURE_UNKNOWN                    "UNKNOWN"
+/* The run tag Dagster's run storage sets from a PIPELINE_FAILURE's failure_reason (not for
+ * UNKNOWN); its UI and run retries read it. */
+#define DSW_DAGSTER_TAG_FAILURE_REASON "dagster/failure_reason"
+
+/* PipelineFailureData JSON (JobFailureData's storage name) as current Dagster writes it:
+ * {"__class__": "PipelineFailureData", "error": null, "failure_reason": {"__enum__":
+ * "RunFailureReason.<reason>"}, "first_step_failure_event": null}; reason NULL writes
+ * failure_reason null. NULL when reason is not an upper-case name ([A-Z_]{1,32}). */
+char *dsw_dagster_failure_data(const char *reason);
+
+/* An EventLogEntry JSON for a PIPELINE_FAILURE written from outside the run (level 40, like
+ * report_run_failed) whose event_specific_data is dsw_dagster_failure_data(reason). NULL as
+ * for dsw_dagster_run_event, or for a bad reason. */
+char *dsw_dagster_failure_event(const char *run_id, const char *job_name, const char *message,
+                                const char *reason, double timestamp);
+
+/* "[dagster-sqs-worker] This run has been marked as failed: <cause>." (canceled: "... as
+ * canceled: ...") with exactly one final period: the cause's own trailing periods and spaces
+ * are dropped, and a cause ending in '!' or '?' gets none. Caller frees. */
+char *dsw_dagster_marked_message(int canceled, const char *cause);
+
+/* The stored run_body with its status (when status is not NULL) set as
+ * dsw_dagster_body_set_status does and the tags merged into its "tags" object (an existing key
+ * takes the new value in place, a new key is added; the object is written with sorted keys, as
+ * serialize_value writes it) -- what Dagster's add_run_tags writes. A null or missing "tags"
+ * becomes an object. 0 and *out, or -EINVAL (not a PipelineRun, bad status, a tag string that
+ * is not UTF-8). */
+int dsw_dagster_body_update(const char *run_body, const char *status, const struct dsw_kv *tags,
+                            size_t ntags, char **out) DSW_WUR;
+
 /* The stored run_body with its "status" member replaced by
  * {"__enum__": "PipelineRunStatus.<status>"}, every other member kept in Dagster's form.
  * Returns 0 and *out, or -EINVAL when run_body is not a PipelineRun object. */

@@ -14,6 +14,7 @@
 #ifndef DSW_STORE_H
 #define DSW_STORE_H
 
+#include "dsw/dagster.h"
 #include "dsw/db.h"
 #include "dsw/util.h"
 
@@ -211,10 +212,18 @@ struct dsw_store_launch {
     const char *message_id; /* may be NULL */
     int receive_count;
 };
+/* Run tags the launch writes, so Dagster's UI shows which worker runs the run. */
+#define DSW_STORE_TAG_WORKER_ID  "dagster-sqs-worker/worker_id"
+#define DSW_STORE_TAG_MESSAGE_ID "dagster-sqs-worker/message_id"
+
 /* At spawn: claim -> RUNNING with child_pid and a fresh heartbeat, plus the ENGINE_EVENT
  * "[dagster-sqs-worker] Launching run worker on <host> (pid N)." with text metadata worker,
- * message_id, receive_count (+ pg_notify). cb status 0, -ESTALE (token lost: nothing written),
- * -ENOENT (no run row: nothing written), or a db error (nothing written). */
+ * message_id, receive_count (+ pg_notify), and the run tags DSW_STORE_TAG_WORKER_ID (this
+ * worker's id) and DSW_STORE_TAG_MESSAGE_ID (when there is one) written as Dagster's
+ * add_run_tags writes them (run_tags updated or inserted, run_body's tags merged, status from
+ * the status column, update_timestamp), all in one transaction. cb status 0, -ESTALE (token
+ * lost: nothing written), -ENOENT (no run row: nothing written), or a db error (nothing
+ * written). */
 int dsw_store_record_launch(struct dsw_store *s, const struct dsw_store_launch *l, dsw_store_cb cb,
                             void *arg) DSW_WUR;
 
@@ -226,10 +235,12 @@ struct dsw_store_exit {
     int term_signal; /* the signal that killed it, 0 when it exited */
     int pid;
     double duration_s;
-    const char *outcome; /* stored in run_claims.outcome: "exited", "timeout", "lost"...;
-                            NULL: "exited" or "signaled" */
-    const char *cause;   /* message of the PIPELINE_FAILURE written when the run is still not
-                            terminal; NULL: one naming the exit code or signal */
+    const char *outcome;        /* stored in run_claims.outcome: "exited", "timeout", "lost"...;
+                                   NULL: "exited" or "signaled" */
+    const char *cause;          /* message of the PIPELINE_FAILURE written when the run is still not
+                                   terminal; NULL: one naming the exit code or signal */
+    const char *failure_reason; /* its RunFailureReason (DSW_FAILURE_*); NULL: by outcome (see
+                                   dsw_store_record_outcome) */
 };
 /* The result of an outcome write. */
 struct dsw_store_record_result {
@@ -246,6 +257,10 @@ typedef void (*dsw_store_record_cb)(int status, const struct dsw_store_record_re
  * (pid P)." (or "was killed by signal S") with text metadata exit_code, signal, pid, worker,
  * duration_s; and when the run is not terminal: PIPELINE_FAILURE (PIPELINE_CANCELED when it is
  * CANCELING) + runs status/run_body/update_timestamp/end_time, WHERE status is not terminal.
+ * The PIPELINE_FAILURE is "[dagster-sqs-worker] This run has been marked as failed: <cause>."
+ * with PipelineFailureData{failure_reason} (what current Dagster writes; 1.3 ignores the
+ * member, 1.7 reads it) and, unless the reason is UNKNOWN, the run tag dagster/failure_reason
+ * in run_tags and in run_body's tags, as Dagster's run storage sets it.
  * Each event is followed by pg_notify('run_events', run_id || '_' || id). cb status 0 (res),
  * -ESTALE (token lost: nothing written), -ENOENT (no run row), or a db error (nothing
  * written; retry when the db is back). */
@@ -259,10 +274,19 @@ struct dsw_store_outcome {
     int64_t token;
     const char *outcome; /* run_claims.outcome: "lost", "gave_up", "canceled"... */
     const char *cause;   /* the PIPELINE_FAILURE message, e.g. "run worker lost" (required) */
+    const char *failure_reason; /* DSW_FAILURE_*; NULL: by outcome */
 };
 /* In one transaction: claim -> DONE with outcome; when the run is not terminal, a
- * PIPELINE_FAILURE with cause + status FAILURE, or, when the run is CANCELING, a
- * PIPELINE_CANCELED + status CANCELED. Same statuses as dsw_store_record_exit. */
+ * PIPELINE_FAILURE with cause + status FAILURE (failure data and tag as for
+ * dsw_store_record_exit), or, when the run is CANCELING, a PIPELINE_CANCELED + status CANCELED.
+ * Same statuses as dsw_store_record_exit.
+ * The reason by outcome, when the caller gives none: a run worker that exited or was killed
+ * without recording an outcome ("exited", "signaled", "drained"), and a run whose worker was
+ * lost with its daemon ("lost": the sweeper, or a redelivery finding our stale claim) are
+ * UNEXPECTED_TERMINATION -- the run worker was interrupted; Dagster's RUN_WORKER_RESTART means
+ * that a second run worker was started for a STARTED run, which the claims never let happen.
+ * Anything else ("timeout" -- Dagster's max-runtime failure carries no reason either --,
+ * "gave_up", "bad_run", "spawn_failed") is UNKNOWN: written in the data, no tag. */
 int dsw_store_record_outcome(struct dsw_store *s, const struct dsw_store_outcome *o,
                              dsw_store_record_cb cb, void *arg) DSW_WUR;
 

@@ -369,6 +369,13 @@ static struct wait record_exit(struct fx *f, int who, const char *id, int64_t to
     return w;
 }
 
+/* The value of tag key in the run's stored body (static storage; "(null)" when absent). */
+static const char *tag_in_body(struct fx *f, const char *id, const char *key)
+{
+    const char *p[] = {id, key};
+    return sql(f, "SELECT run_body::json -> 'tags' ->> $2 FROM runs WHERE run_id = $1", 2, p);
+}
+
 /* --- tests --------------------------------------------------------------------------------- */
 
 static void test_schema_and_load(void **state)
@@ -590,6 +597,24 @@ static void test_launch_and_record_exit(void **state)
                         "running:4242");
     assert_non_null(strstr(sql(&f, "SELECT event FROM event_logs WHERE run_id = $1", 1, p),
                            "Launching run worker on testhost (pid 4242)."));
+    /* The launch tagged the run with this worker and the message, as add_run_tags does. */
+    char wid[64], tags_want[160];
+    snprintf(wid, sizeof(wid), "testhost:%d:0", (int)getpid());
+    snprintf(tags_want, sizeof(tags_want),
+             "dagster-sqs-worker/message_id=m-a,dagster-sqs-worker/worker_id=%s", wid);
+    assert_string_equal(sql(&f,
+                            "SELECT string_agg(key || '=' || value, ',' ORDER BY key) FROM "
+                            "run_tags WHERE run_id = $1 AND key LIKE 'dagster-sqs-worker/%'",
+                            1, p),
+                        tags_want);
+    assert_string_equal(tag_in_body(&f, id, "dagster-sqs-worker/worker_id"), wid);
+    assert_string_equal(tag_in_body(&f, id, "dagster-sqs-worker/message_id"), "m-a");
+    assert_string_equal(sql(&f,
+                            "SELECT run_body LIKE "
+                            "'%\"status\": {\"__enum__\": \"PipelineRunStatus.STARTED\"}%' "
+                            "FROM runs WHERE run_id = $1",
+                            1, p),
+                        "t");
 
     struct wait r = record_exit(&f, 0, id, a.claim.token, 1);
     assert_int_equal(r.status, 0);
@@ -618,6 +643,23 @@ static void test_launch_and_record_exit(void **state)
                             "WHERE run_id = $1",
                             1, p),
                         "done 1 exited true");
+    /* A crash is an UNEXPECTED_TERMINATION, in the event as current Dagster writes it and in
+     * the run tag (one row, and in the body). */
+    assert_non_null(strstr(sql(&f,
+                               "SELECT event FROM event_logs WHERE run_id = $1 AND "
+                               "dagster_event_type = 'PIPELINE_FAILURE'",
+                               1, p),
+                           "\"event_specific_data\": {\"__class__\": \"PipelineFailureData\", "
+                           "\"error\": null, \"failure_reason\": {\"__enum__\": "
+                           "\"RunFailureReason.UNEXPECTED_TERMINATION\"}, "
+                           "\"first_step_failure_event\": null}"));
+    assert_string_equal(sql(&f,
+                            "SELECT string_agg(value, ',') FROM run_tags WHERE run_id = $1 AND "
+                            "key = 'dagster/failure_reason'",
+                            1, p),
+                        "UNEXPECTED_TERMINATION");
+    assert_string_equal(tag_in_body(&f, id, "dagster/failure_reason"), "UNEXPECTED_TERMINATION");
+    assert_string_equal(tag_in_body(&f, id, "dagster-sqs-worker/worker_id"), wid);
 
     /* The notifications (launch, exit, failure) reach a listener as run_id_id. */
     for (int i = 0; i < 100 && f.nnotes < 3; i++)
@@ -688,6 +730,121 @@ static void test_record_outcome(void **state)
                            "marked as failed: run worker lost."));
     assert_string_equal(count_events(&f, canc, "PIPELINE_CANCELED"), "1");
     assert_string_equal(count_events(&f, canc, NULL), "1");
+    teardown_fx(&f);
+}
+
+/* A tag that is already there is updated in place, never duplicated (add_run_tags); a
+ * relaunch after a takeover retags; a timeout (UNKNOWN) and a cancel write no failure tag; no
+ * message ends in "..". */
+static void test_tags_and_reasons(void **state)
+{
+    struct fx f;
+    char id[40], tmo[40], canc[40];
+    setup_fx(&f, 2);
+    rid(&f, "0d", id);
+    rid(&f, "05", tmo);
+    rid(&f, "06", canc);
+    const char *p[] = {id}, *pt[] = {tmo}, *pc[] = {canc};
+    set_status(&f, id, "STARTING");
+    sql(&f,
+        "INSERT INTO run_tags (run_id, key, value) VALUES ($1, "
+        "'dagster-sqs-worker/worker_id', 'somebody-else')",
+        1, p);
+    struct wait a = claim(&f, 0, id, "m-1"), la = {0};
+    struct dsw_store_launch l = {.run_id = id, .token = a.claim.token, .child_pid = 7};
+    assert_int_equal(dsw_store_record_launch(f.st[0], &l, on_done, &la), 0);
+    w_until(&f, &la);
+    assert_int_equal(la.status, 0);
+    char wid0[64], wid1[64];
+    snprintf(wid0, sizeof(wid0), "testhost:%d:0", (int)getpid());
+    snprintf(wid1, sizeof(wid1), "testhost:%d:1", (int)getpid());
+    const char *q_tags = "SELECT count(*) || ' ' || string_agg(value, ',') FROM run_tags WHERE "
+                         "run_id = $1 AND key LIKE 'dagster-sqs-worker/%'";
+    char want[160];
+    snprintf(want, sizeof(want), "1 %s", wid0); /* no message id: no message tag */
+    assert_string_equal(sql(&f, q_tags, 1, p), want);
+    assert_string_equal(tag_in_body(&f, id, "dagster-sqs-worker/worker_id"), wid0);
+    assert_string_equal(sql(&f, "SELECT status FROM runs WHERE run_id = $1", 1, p), "STARTING");
+
+    /* Worker 1 takes the stale claim over and launches again: the tag follows it. */
+    age_claim(&f, id);
+    struct wait t = {0};
+    struct dsw_store_claim_req req = {
+        .run_id = id, .kind = "execute", .message_id = "m-2", .receive_count = 2};
+    assert_int_equal(dsw_store_takeover(f.st[1], &req, a.claim.token, on_claim, &t), 0);
+    w_until(&f, &t);
+    assert_int_equal(t.status, 0);
+    struct wait lb = {0};
+    struct dsw_store_launch l2 = {
+        .run_id = id, .token = t.claim.token, .child_pid = 8, .message_id = "m-2"};
+    assert_int_equal(dsw_store_record_launch(f.st[1], &l2, on_done, &lb), 0);
+    w_until(&f, &lb);
+    assert_int_equal(lb.status, 0);
+    assert_string_equal(tag_in_body(&f, id, "dagster-sqs-worker/worker_id"), wid1);
+    assert_string_equal(tag_in_body(&f, id, "dagster-sqs-worker/message_id"), "m-2");
+    assert_string_equal(sql(&f,
+                            "SELECT count(*) FROM run_tags WHERE run_id = $1 AND key = "
+                            "'dagster-sqs-worker/worker_id' AND value = "
+                            "(SELECT worker_id FROM dagster_sqs_worker.run_claims WHERE "
+                            "run_id = $1)",
+                            1, p),
+                        "1");
+    /* The old owner's late launch record is fenced out: nothing changes. */
+    struct wait lc = {0};
+    assert_int_equal(dsw_store_record_launch(f.st[0], &l, on_done, &lc), 0);
+    w_until(&f, &lc);
+    assert_int_equal(lc.status, -ESTALE);
+    assert_string_equal(tag_in_body(&f, id, "dagster-sqs-worker/worker_id"), wid1);
+
+    /* A timeout: FAILURE with reason UNKNOWN in the data, no failure tag. */
+    set_status(&f, tmo, "STARTED");
+    struct wait b = claim(&f, 0, tmo, "m"), rb = {0};
+    struct dsw_store_exit e = {.run_id = tmo,
+                               .token = b.claim.token,
+                               .term_signal = 9,
+                               .pid = 5,
+                               .duration_s = 1.0,
+                               .outcome = "timeout",
+                               .cause = "Run exceeded its maximum runtime."};
+    assert_int_equal(dsw_store_record_exit(f.st[0], &e, on_record, &rb), 0);
+    w_until(&f, &rb);
+    assert_int_equal(rb.status, 0);
+    assert_int_equal(rb.rr.after, DSW_STATUS_FAILURE);
+    const char *fail_ev = sql(&f,
+                              "SELECT event FROM event_logs WHERE run_id = $1 AND "
+                              "dagster_event_type = 'PIPELINE_FAILURE'",
+                              1, pt);
+    assert_non_null(strstr(fail_ev, "\"RunFailureReason.UNKNOWN\""));
+    assert_non_null(strstr(fail_ev, "marked as failed: Run exceeded its maximum runtime.\""));
+    assert_null(strstr(fail_ev, "..\""));
+    assert_string_equal(sql(&f,
+                            "SELECT count(*) FROM run_tags WHERE run_id = $1 AND key = "
+                            "'dagster/failure_reason'",
+                            1, pt),
+                        "0");
+    assert_string_equal(tag_in_body(&f, tmo, "dagster/failure_reason"), "(null)");
+
+    /* A cancel: no failure data, no tag; the sweeper's lost run: UNEXPECTED_TERMINATION. */
+    set_status(&f, canc, "CANCELING");
+    struct wait c = claim(&f, 0, canc, "m"), rc = {0};
+    struct dsw_store_outcome oc = {.run_id = canc,
+                                   .token = c.claim.token,
+                                   .outcome = "canceled",
+                                   .cause = "Run canceled; its worker was lost."};
+    assert_int_equal(dsw_store_record_outcome(f.st[0], &oc, on_record, &rc), 0);
+    w_until(&f, &rc);
+    assert_int_equal(rc.status, 0);
+    const char *canc_ev = sql(&f,
+                              "SELECT event FROM event_logs WHERE run_id = $1 AND "
+                              "dagster_event_type = 'PIPELINE_CANCELED'",
+                              1, pc);
+    assert_non_null(strstr(canc_ev, "\"event_specific_data\": null"));
+    assert_non_null(strstr(canc_ev, "marked as canceled: Run canceled; its worker was lost.\""));
+    assert_string_equal(sql(&f,
+                            "SELECT count(*) FROM run_tags WHERE run_id = $1 AND key = "
+                            "'dagster/failure_reason'",
+                            1, pc),
+                        "0");
     teardown_fx(&f);
 }
 
@@ -897,6 +1054,7 @@ int main(void)
         cmocka_unit_test(test_launch_and_record_exit),
         cmocka_unit_test(test_terminal_not_overwritten),
         cmocka_unit_test(test_record_outcome),
+        cmocka_unit_test(test_tags_and_reasons),
         cmocka_unit_test(test_mark_starting_and_poll),
         cmocka_unit_test(test_record_killed_midway),
         cmocka_unit_test_teardown(test_record_across_restart, ensure_server),

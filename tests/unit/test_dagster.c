@@ -610,6 +610,139 @@ static void test_body_tag(void **state)
         dsw_dagster_body_tag("{\"__class__\": \"PipelineRun\", \"tags\": []}", "a", &v), -EINVAL);
 }
 
+/* PipelineFailureData byte for byte as Dagster 1.7's serialize_value writes
+ * JobFailureData(error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION) (and
+ * failure_reason=None); the PIPELINE_FAILURE entry is the 1.3 vector's row with that data. */
+static void test_failure_data(void **state)
+{
+    char *d = dsw_dagster_failure_data(DSW_FAILURE_UNEXPECTED_TERMINATION);
+    assert_string_equal(d, "{\"__class__\": \"PipelineFailureData\", \"error\": null, "
+                           "\"failure_reason\": {\"__enum__\": "
+                           "\"RunFailureReason.UNEXPECTED_TERMINATION\"}, "
+                           "\"first_step_failure_event\": null}");
+    free(d);
+    d = dsw_dagster_failure_data(NULL);
+    assert_string_equal(d, "{\"__class__\": \"PipelineFailureData\", \"error\": null, "
+                           "\"failure_reason\": null, \"first_step_failure_event\": null}");
+    free(d);
+    assert_null(dsw_dagster_failure_data("lower"));
+    assert_null(dsw_dagster_failure_data("A\", \"b"));
+    assert_null(dsw_dagster_failure_data(""));
+
+    json_t *rows = load_vec("event_logs_crash_then_redelivered.json"), *row;
+    size_t i, seen = 0;
+    json_array_foreach(rows, i, row)
+    {
+        json_t *ev = json_object_get(row, "event");
+        json_t *de = json_object_get(ev, "dagster_event");
+        if (!dsw_streq(str_of(de, "event_type_value"), "PIPELINE_FAILURE"))
+            continue;
+        char *mine = dsw_dagster_failure_event(
+            str_of(ev, "run_id"), str_of(ev, "pipeline_name"), str_of(de, "message"),
+            DSW_FAILURE_RUN_WORKER_RESTART, json_real_value(json_object_get(ev, "timestamp")));
+        assert_non_null(mine);
+        json_t *want = json_deep_copy(ev);
+        json_object_set_new(json_object_get(want, "dagster_event"), "event_specific_data",
+                            json_loads("{\"__class__\": \"PipelineFailureData\", \"error\": "
+                                       "null, \"failure_reason\": {\"__enum__\": "
+                                       "\"RunFailureReason.RUN_WORKER_RESTART\"}, "
+                                       "\"first_step_failure_event\": null}",
+                                       0, NULL));
+        assert_same_event(mine, want);
+        json_decref(want);
+        free(mine);
+        seen++;
+    }
+    assert_int_equal(seen, 1);
+    json_decref(rows);
+    assert_null(dsw_dagster_failure_event("r", "j", "m", "no", 1.0));
+    assert_null(dsw_dagster_failure_event("r", "j", "m", NULL, 0.0 / 0.0));
+}
+
+/* No message ends in "..": the cause's own final period is not doubled. */
+static void test_marked_message(void **state)
+{
+    static const struct {
+        int canceled;
+        const char *cause, *want;
+    } cases[] = {
+        {0, "run worker lost",
+         "[dagster-sqs-worker] This run has been marked as failed: run "
+         "worker lost."},
+        {0,
+         "Run worker lost: its dagster-sqs-worker stopped heartbeating (recorded by the "
+         "sweeper).",
+         "[dagster-sqs-worker] This run has been marked as failed: Run worker lost: its "
+         "dagster-sqs-worker stopped heartbeating (recorded by the sweeper)."},
+        {1, "Run canceled; its worker was lost. ",
+         "[dagster-sqs-worker] This run has been marked as canceled: Run canceled; its worker "
+         "was lost."},
+        {0, "wait...", "[dagster-sqs-worker] This run has been marked as failed: wait."},
+        {0, "why?", "[dagster-sqs-worker] This run has been marked as failed: why?"},
+        {0, "stop!.", "[dagster-sqs-worker] This run has been marked as failed: stop!"},
+        {0, "...", "[dagster-sqs-worker] This run has been marked as failed: ."},
+    };
+    for (size_t i = 0; i < DSW_ARRAY_LEN(cases); i++) {
+        char *m = dsw_dagster_marked_message(cases[i].canceled, cases[i].cause);
+        assert_string_equal(m, cases[i].want);
+        assert_false(strlen(m) >= 2 && strcmp(m + strlen(m) - 2, "..") == 0);
+        free(m);
+    }
+}
+
+/* add_run_tags' body: tags merged (existing key in place, new key added, sorted as
+ * serialize_value writes them), the status set, every other member kept. */
+static void test_body_update_tags(void **state)
+{
+    const char *body = "{\"__class__\": \"PipelineRun\", \"status\": {\"__enum__\": "
+                       "\"PipelineRunStatus.STARTING\"}, \"tags\": {\"a\": \"1\", \"m\": \"2\"}, "
+                       "\"zz\": 1.5}";
+    const struct dsw_kv tags[] = {{"m", "3"}, {"dagster-sqs-worker/worker_id", "h:1:2"}};
+    char *out = NULL;
+    assert_int_equal(dsw_dagster_body_update(body, NULL, tags, 2, &out), 0);
+    assert_string_equal(out, "{\"__class__\": \"PipelineRun\", \"status\": {\"__enum__\": "
+                             "\"PipelineRunStatus.STARTING\"}, \"tags\": {\"a\": \"1\", "
+                             "\"dagster-sqs-worker/worker_id\": \"h:1:2\", \"m\": \"3\"}, "
+                             "\"zz\": 1.5}");
+    free(out);
+    assert_int_equal(dsw_dagster_body_update(body, "FAILURE", tags, 1, &out), 0);
+    assert_string_equal(out, "{\"__class__\": \"PipelineRun\", \"status\": {\"__enum__\": "
+                             "\"PipelineRunStatus.FAILURE\"}, \"tags\": {\"a\": \"1\", "
+                             "\"m\": \"3\"}, \"zz\": 1.5}");
+    free(out);
+    /* null tags become an object */
+    assert_int_equal(dsw_dagster_body_update("{\"__class__\": \"PipelineRun\", \"tags\": null}",
+                                             NULL, tags + 1, 1, &out),
+                     0);
+    assert_string_equal(out, "{\"__class__\": \"PipelineRun\", \"tags\": "
+                             "{\"dagster-sqs-worker/worker_id\": \"h:1:2\"}}");
+    free(out);
+    /* every vector body: a tag lands in its sorted place, the rest is byte for byte */
+    json_t *rows = load_vec("runs_rows_all.json"), *row;
+    size_t i;
+    json_array_foreach(rows, i, row)
+    {
+        const char *b = str_of(row, "run_body");
+        assert_int_equal(dsw_dagster_body_update(b, NULL, tags + 1, 1, &out), 0);
+        json_t *parsed = json_loads(b, 0, NULL);
+        json_object_set_new(json_object_get(parsed, "tags"), "dagster-sqs-worker/worker_id",
+                            json_string("h:1:2"));
+        char *want = dagster_form(parsed, 1);
+        assert_string_equal(out, want);
+        free(want);
+        free(out);
+        json_decref(parsed);
+    }
+    json_decref(rows);
+    const struct dsw_kv bad[] = {{"k", "\xff"}};
+    assert_int_equal(dsw_dagster_body_update(body, NULL, bad, 1, &out), -EINVAL);
+    assert_null(out);
+    assert_int_equal(dsw_dagster_body_update("{\"__class__\": \"PipelineRun\", \"tags\": []}", NULL,
+                                             tags, 1, &out),
+                     -EINVAL);
+    assert_int_equal(dsw_dagster_body_update("[]", NULL, tags, 1, &out), -EINVAL);
+}
+
 static void test_engine_data_and_errors(void **state)
 {
     struct dsw_kv meta[] = {{"pid", "42"}, {"worker", "h\xc3\xa9:1"}};
@@ -652,6 +785,9 @@ int main(void)
         cmocka_unit_test(test_origin_absent_members),
         cmocka_unit_test(test_body_tag),
         cmocka_unit_test(test_engine_data_and_errors),
+        cmocka_unit_test(test_failure_data),
+        cmocka_unit_test(test_marked_message),
+        cmocka_unit_test(test_body_update_tags),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
