@@ -1,8 +1,11 @@
 /* The commands around the daemon (SPEC §9) run as the real binary: db-init (idempotent; `run`
  * refuses a missing schema with 78 naming db-init), check-config --connect (0, or 69 when
  * Postgres or the queue is down: a port nothing listens on), exec FILE|-, once, enqueue,
- * status; and a daemon whose Postgres goes away mid-run (a TCP forwarder is cut): the child
- * keeps running, nothing is deleted, the outcome is recorded when Postgres is back. */
+ * status; exec and once give up with 69 after postgres.connect_timeout when Postgres is down
+ * (exec's unreadable file is 66 before any connection); the credentials' source logged once by
+ * the worker and not at all by the one-shot commands; and a daemon whose Postgres goes away mid-run
+ * (a TCP forwarder is cut): the child keeps running, nothing is deleted, the outcome is recorded
+ * when Postgres is back. */
 #include "testutil.h"
 
 #include "dsw/util.h"
@@ -158,6 +161,85 @@ static void test_enqueue_once_status(void **state)
     free(out);
 }
 
+static int count_of(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* Postgres refusing connections (a port nothing listens on): exec and once exit 69 once
+ * postgres.connect_timeout (2 s here) has passed with failed attempts, as db-init does;
+ * `run` would wait. exec's unreadable input is 66 at once, before any connection. */
+static void test_exec_once_postgres_down(void **state)
+{
+    char *out = NULL, path[] = "/tmp/dsw-exec-down-XXXXXX", id[37];
+    struct tu_env down = {0};
+    tu_worker_env(&down, &q);
+    tu_env_set(&down, "DSW_POSTGRES_CONNINFO", "%s port=1", tu_need_env("DSW_TEST_PG_CONNINFO"));
+    tu_run_new(id, "STARTING", "success");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    char *body = tu_run_envelope(id);
+    tu_write_file(path, body, 0600);
+    free(body);
+    const char *const *cmds[] = {(const char *const[]){"exec", path, NULL},
+                                 (const char *const[]){"exec", "-", NULL},
+                                 (const char *const[]){"once", NULL}};
+    for (size_t i = 0; i < 3; i++) {
+        uint64_t t0 = dsw_now_ms();
+        int rc = i == 1 ? tu_cli_in(&down, cmds[i], path, &out, WAIT_MS)
+                        : tu_cli(&down, cmds[i], &out, WAIT_MS);
+        uint64_t took = dsw_now_ms() - t0;
+        fprintf(stderr, "%s %s, postgres down: %d after %llu ms\n", cmds[i][0],
+                cmds[i][1] ? cmds[i][1] : "", rc, (unsigned long long)took);
+        if (rc != 69)
+            fprintf(stderr, "%s\n", out);
+        assert_int_equal(rc, 69);
+        assert_true(took >= 2000 && took < 8000);
+        assert_non_null(strstr(out, "PostgreSQL unreachable for 2 s: giving up"));
+        assert_null(strstr(out, "cannot check the dagster_sqs_worker schema"));
+        free(out);
+    }
+    assert_true(tu_eq_free(tu_run_status(id), "STARTING"));
+    /* A bad path: at once, whatever the database does. */
+    uint64_t t0 = dsw_now_ms();
+    assert_int_equal(cli((const char *const[]){"exec", "/no/such/body.json", NULL}, &out), 66);
+    assert_int_equal(
+        tu_cli(&down, (const char *const[]){"exec", "/no/such/body.json", NULL}, NULL, WAIT_MS),
+        66);
+    assert_true(dsw_now_ms() - t0 < 1500);
+    assert_non_null(strstr(out, "exec: cannot read /no/such/body.json: No such file or directory"));
+    free(out);
+    unlink(path);
+    tu_env_free(&down);
+}
+
+/* Which provider gave the AWS credentials: said once by a worker, and not by the one-shot
+ * commands, which print their own results. */
+static void test_credentials_logged_once(void **state)
+{
+    char id[37], *out = NULL;
+    tu_run_new(id, "STARTING", "success");
+    assert_int_equal(cli((const char *const[]){"enqueue", id, NULL}, &out), 0);
+    assert_int_equal(count_of(out, "aws: credentials from"), 0);
+    assert_non_null(strstr(out, "enqueued run "));
+    free(out);
+    assert_int_equal(cli((const char *const[]){"status", NULL}, &out), 0);
+    assert_int_equal(count_of(out, "aws: credentials from"), 0);
+    free(out);
+    /* --log-level asks for them. */
+    assert_int_equal(cli((const char *const[]){"--log-level", "info", "status", NULL}, &out), 0);
+    assert_int_equal(count_of(out, "aws: credentials from env"), 1);
+    free(out);
+    assert_int_equal(cli((const char *const[]){"once", NULL}, &out), 0);
+    assert_int_equal(count_of(out, "aws: credentials from env"), 1);
+    free(out);
+    assert_true(tu_eq_free(tu_run_status(id), "SUCCESS"));
+}
+
 static bool child_exited(void *arg)
 {
     return tu_daemon_log_has(arg, "event=child_exit");
@@ -207,6 +289,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_check_config_connect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_exec, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enqueue_once_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_exec_once_postgres_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_credentials_logged_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_postgres_down_mid_run, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
