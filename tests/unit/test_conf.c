@@ -317,7 +317,9 @@ static void test_unknown_env(void **state)
         "DSW_TEST_MOTO_URL=x", "DSW_TEST_PYTHON=x", "DSW_TEST_VERBOSE=1", "DSW_TEST_KEEP_LOGS=1",
         "DSW_FAKE_START_LOG=x", "DSW_FAKE_PG_CONNINFO=x", "DSW_FAKE_DAGSTER=x", "DSW_FAULT_SEED=1",
         "DSW_FAULT_RUNS=1", "DSW_FAULT_FAULTS=x", "DSW_DEPLOY_CACHE=x", "DSW_BASE_IMAGE=x",
-        "DSW_BASE_REBUILD=1", "DSW_DAGSTER_SRC=x", "DSW_TRAMPOLINE_HELPER=x",
+        "DSW_BASE_REBUILD=1", "DSW_DAGSTER_SRC=x", "DSW_TRAMPOLINE_HELPER=x", "DSW_BINARY_DIR=x",
+        "DSW_DAGSTER_PYTHON=x", "DSW_HARNESS_MARK=x", "DSW_MSG_VERBOSE=1", "DSW_DEB_INSTALL_HOST=1",
+        "DSW_DEPLOY_CONTEXT=x", "DSW_WARM_TEST_ENV=1", "DSW_SUPPORT_fake_dagster=x",
         /* a real key, set right */
         "DSW_RUNS_KILL_GRACE=7s", NULL};
     assert_int_equal(dsw_conf_load(&c, NULL, envp, err), 0);
