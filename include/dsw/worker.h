@@ -1,7 +1,7 @@
-/* worker: the daemon. Slots without prefetch, the receive loop, one job per message carried
- * through SPEC §4 (decode, load, decide, claim, spawn, supervise, record, delete), batched
- * visibility heartbeats, lease heartbeats, cancel detection (status poll + LISTEN), the sweeper,
- * signals and the drain of SPEC §7. Also the one-shot modes `once` and `exec`. */
+/* worker: the daemon (SPEC §7). Slots without prefetch, the receive loop, the worker-wide
+ * timers (batched visibility extension, lease heartbeats, the status poll + LISTEN, the sweeper),
+ * signals and the drain; each message is carried through its own pipeline (pipeline.h). Also
+ * the one-shot modes `once` and `exec`. */
 #ifndef DSW_WORKER_H
 #define DSW_WORKER_H
 

@@ -1,0 +1,92 @@
+/* pipeline: the life of one message (SPEC §4): decode, load the run and its claim, decide
+ * (job), claim or take over, start the run worker (launch), supervise it (launch record,
+ * lease, status changes, drain), record the outcome in one fenced transaction, and only then
+ * delete the message -- or defer, release, reject or quarantine it. Nothing is deleted before
+ * the outcome it stands for is committed.
+ *
+ * The worker owns the slots, receiving and the periodic timers: it creates one pipeline per
+ * message in a slot of its own, drives the batched work (visibility extension, lease
+ * heartbeats, status polls) through the supervision calls below, and gets the slot back through
+ * the done callback, which fires exactly once and never from inside a call of this module. */
+#ifndef DSW_PIPELINE_H
+#define DSW_PIPELINE_H
+
+#include "dsw/clients.h"
+#include "dsw/conf.h"
+#include "dsw/sqs.h"
+#include "dsw/store.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct dsw_pipeline;
+struct dsw_warm;
+
+/* The pipeline is over and gives its slot back. failed: a body of exec mode (no queue) was
+ * rejected or not processed (the command then exits 1). The pipeline must not be used after
+ * this call (it frees itself once its last callback has fired). */
+typedef void (*dsw_pipeline_done_cb)(bool failed, void *slot);
+
+/* What every pipeline shares with the worker. Borrowed: it must outlive every pipeline (until
+ * the loop ends). The worker updates draining and warm in place. */
+struct dsw_pipeline_env {
+    uv_loop_t *loop;
+    const struct dsw_conf *conf;
+    struct dsw_clients *cl;
+    struct dsw_warm *warm;  /* NULL: cold run workers only (set NULL when the pool closes) */
+    const char *trampoline; /* as dsw_proc_opts.trampoline */
+    bool draining;          /* no new claim or child; received messages are released */
+    dsw_pipeline_done_cb done;
+};
+
+/* ---- one message -------------------------------------------------------------------------- */
+
+/* A pipeline in slot (passed to env->done). Start it with exactly one of the two calls below. */
+struct dsw_pipeline *dsw_pipeline_new(struct dsw_pipeline_env *env, void *slot);
+
+/* A received message (m is only read during the call): decode it, or release it at once when
+ * the worker is draining (a long poll that outlived the start of the drain). */
+void dsw_pipeline_start_message(struct dsw_pipeline *p, const struct dsw_sqs_message *m);
+
+/* A body without a message (exec mode): decode it and carry it through; nothing to delete. */
+void dsw_pipeline_start_body(struct dsw_pipeline *p, const char *body, size_t len);
+
+/* ---- supervision, driven by the worker's timers -------------------------------------------- */
+
+/* The run id once the message is decoded, else NULL. */
+const char *dsw_pipeline_run_id(const struct dsw_pipeline *p);
+
+/* Whether a run worker (child) runs for this pipeline now. */
+bool dsw_pipeline_running(const struct dsw_pipeline *p);
+
+/* The entry that extends the visibility of the message p holds to visibility_s (e->id is left
+ * to the caller; e->receipt_handle is borrowed from p until its next callback). false when
+ * there is nothing to extend: no message, the message is being finished, or it would go past
+ * the SQS 12-hour limit (from then on the claim alone protects the run). */
+bool dsw_pipeline_visibility_entry(const struct dsw_pipeline *p, uint64_t now_ms, int visibility_s,
+                                   struct dsw_sqs_entry *e);
+
+/* Refresh the lease of the running child's claim (one heartbeat in flight at a time); a lost
+ * lease SIGKILLs the child and records nothing. */
+void dsw_pipeline_heartbeat(struct dsw_pipeline *p);
+
+/* Whether the run's status is worth polling: a child runs and nothing has stopped it yet. */
+bool dsw_pipeline_watching(const struct dsw_pipeline *p);
+
+/* The run's status as the poll found it. CANCELING or CANCELED: cancel; SUCCESS or FAILURE set
+ * by someone else: stop the child too and record its exit without touching the outcome. Both
+ * SIGTERM the child's group, SIGKILL after runs.kill_grace. Other statuses: nothing. */
+void dsw_pipeline_status(struct dsw_pipeline *p, enum dsw_store_status status);
+
+/* The drain deadline passed (or a second signal): terminate the child (outcome "drained"). */
+void dsw_pipeline_terminate(struct dsw_pipeline *p);
+
+/* The drain began: the message's final queue call (delete, release, defer) gets
+ * DSW_PIPELINE_FINAL_CALL_MS; past it the pipeline gives its slot back anyway (the call itself
+ * ends when the worker closes the queue client). */
+void dsw_pipeline_drain(struct dsw_pipeline *p);
+#define DSW_PIPELINE_FINAL_CALL_MS 10000
+
+#endif
