@@ -10,7 +10,8 @@ envelope (SPEC §1.3). Prints the Celery task id on stdout.
 
 usage: celery_publish.py --endpoint http://127.0.0.1:PORT --queue NAME --args-file FILE
                          --out FILE [--task execute_job|resume_job] [--no-sqs-base64]
-                         [--compression zlib|gzip|bzip2|lzma|...]
+                         [--compression zlib|gzip|bzip2|lzma|...] [--leave]
+--leave publishes only: the message stays on the queue for a daemon (--out is not written).
 
 --compression is kombu's Producer.publish(compression=...), what Celery does with
 task_compression (and, in 5.2, result_compression): kombu.compression.compress the serialized
@@ -61,7 +62,8 @@ def main():
     ap.add_argument("--endpoint", required=True)
     ap.add_argument("--queue", required=True)
     ap.add_argument("--args-file", required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out")
+    ap.add_argument("--leave", action="store_true")
     ap.add_argument("--task", default="execute_job", choices=["execute_job", "resume_job"])
     ap.add_argument("--no-sqs-base64", action="store_true")
     ap.add_argument("--compression", default=None)
@@ -94,6 +96,9 @@ def main():
                          correlation_id=task_id, reply_to="", priority=0, retry=False,
                          compression=opt.compression)
 
+    if opt.leave:
+        print(task_id)
+        return
     got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=5,
                               MessageAttributeNames=["All"])
     msgs = got.get("Messages", [])
