@@ -1,6 +1,6 @@
 /* main: the command line (SPEC §9): global options, one command, and the exit codes
- * 0 ok, 1 runtime failure, 64 usage, 66 exec's input unreadable, 69 a dependency unreachable,
- * 78 configuration. */
+ * 0 ok, 1 runtime failure, 64 usage (also: exec's file cannot be read), 69 a dependency
+ * unreachable, 78 configuration. */
 #include "dsw/admin.h"
 #include "dsw/conf.h"
 #include "dsw/log.h"
@@ -19,14 +19,7 @@
 
 extern char **environ;
 
-enum {
-    EXIT_OK = 0,
-    EXIT_FAIL = 1,
-    EXIT_USAGE = 64,
-    EXIT_NOINPUT = 66,
-    EXIT_UNAVAILABLE = 69,
-    EXIT_CONFIG = 78
-};
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 64, EXIT_UNAVAILABLE = 69, EXIT_CONFIG = 78 };
 
 #define PROG "dagster-sqs-worker"
 
@@ -65,8 +58,7 @@ static const char usage_text[] =
     "  status              queue depth, in-flight and stale claims, per worker\n"
     "\n" OPTIONS_TEXT "  -V, --version       print the version and exit\n"
     "\n"
-    "exit codes: 0 ok, 1 runtime failure, 64 usage, 66 exec's input unreadable,\n"
-    "69 dependency unreachable, 78 configuration\n";
+    "exit codes: 0 ok, 1 runtime failure, 64 usage, 69 dependency unreachable, 78 configuration\n";
 
 /* Each command: its arguments, what it needs from the configuration (checked first, exit 78)
  * and its own help. */
@@ -103,7 +95,7 @@ static const struct command {
     {"exec", 1, DSW_CONF_NEED_DB | DSW_CONF_NEED_RUNS, "exec FILE|-",
      "Process one message body read from FILE (or stdin for -), as if it had been received;\n"
      "no queue is involved. The file is opened before anything connects. Exit 0 when it was\n"
-     "processed, 1 when it was rejected or failed, 66 when FILE cannot be read, 69 when\n"
+     "processed, 1 when it was rejected or failed, 64 when FILE cannot be read, 69 when\n"
      "PostgreSQL is unreachable for postgres.connect_timeout.\n"},
     {"enqueue", 1, DSW_CONF_NEED_QUEUE | DSW_CONF_NEED_DB, "enqueue RUN_ID",
      "Send an execute_job TaskIQ envelope for an existing run (re-queue it); a NOT_STARTED or\n"
@@ -245,7 +237,7 @@ static int open_exec_input(struct cli *cli)
         close(fd);
     if (e) {
         fprintf(stderr, PROG ": exec: cannot read %s: %s\n", path, strerror(e));
-        return EXIT_NOINPUT;
+        return EXIT_USAGE;
     }
     cli->argv[0] = "-";
     return 0;

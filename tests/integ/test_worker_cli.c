@@ -2,7 +2,7 @@
  * refuses a missing schema with 78 naming db-init), check-config --connect (0, or 69 when
  * Postgres or the queue is down: a port nothing listens on), exec FILE|-, once, enqueue,
  * status; exec and once give up with 69 after postgres.connect_timeout when Postgres is down
- * (exec's unreadable file is 66 before any connection); the credentials' source logged once by
+ * (exec's unreadable file is 64 before any connection); the credentials' source logged once by
  * the worker and not at all by the one-shot commands; and a daemon whose Postgres goes away mid-run
  * (a TCP forwarder is cut): the child keeps running, nothing is deleted, the outcome is recorded
  * when Postgres is back. */
@@ -171,7 +171,7 @@ static int count_of(const char *text, const char *needle)
 
 /* Postgres refusing connections (a port nothing listens on): exec and once exit 69 once
  * postgres.connect_timeout (2 s here) has passed with failed attempts, as db-init does;
- * `run` would wait. exec's unreadable input is 66 at once, before any connection. */
+ * `run` would wait. exec's unreadable input is 64 at once, before any connection. */
 static void test_exec_once_postgres_down(void **state)
 {
     char *out = NULL, path[] = "/tmp/dsw-exec-down-XXXXXX", id[37];
@@ -206,10 +206,10 @@ static void test_exec_once_postgres_down(void **state)
     assert_true(tu_eq_free(tu_run_status(id), "STARTING"));
     /* A bad path: at once, whatever the database does. */
     uint64_t t0 = dsw_now_ms();
-    assert_int_equal(cli((const char *const[]){"exec", "/no/such/body.json", NULL}, &out), 66);
+    assert_int_equal(cli((const char *const[]){"exec", "/no/such/body.json", NULL}, &out), 64);
     assert_int_equal(
         tu_cli(&down, (const char *const[]){"exec", "/no/such/body.json", NULL}, NULL, WAIT_MS),
-        66);
+        64);
     assert_true(dsw_now_ms() - t0 < 1500);
     assert_non_null(strstr(out, "exec: cannot read /no/such/body.json: No such file or directory"));
     free(out);

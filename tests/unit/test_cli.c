@@ -1,5 +1,5 @@
 /* The command line of the real binary: --version, --help and each command's own help, usage
- * errors (64) naming the program, exec's unreadable input (66, before any connection),
+ * errors (64) naming the program, exec's unreadable input (64, before any connection),
  * configuration errors (78) naming file, line and key, misspelt DSW_* variables warned about,
  * check-config of a warm setup, and check-config on the shipped file (0). */
 #include "testutil.h"
@@ -70,7 +70,7 @@ static void test_command_help(void **state)
         {"check-config", "check-config [--connect]", "--connect"},
         {"db-init", "db-init\n", "PGPASSFILE"},
         {"once", "once\n", "at most one message"},
-        {"exec", "exec FILE|-", "66 when FILE cannot be read"},
+        {"exec", "exec FILE|-", "64 when FILE cannot be read"},
         {"enqueue", "enqueue RUN_ID", "NOT_STARTED"},
         {"status", "status\n", "unfinished claims"},
     };
@@ -179,15 +179,15 @@ static void test_check_config(void **state)
 }
 
 /* exec's input is opened before the configuration is even read, let alone a connection made:
- * a bad path is 66 at once, whatever else is wrong. */
+ * a bad path is 64 at once, whatever else is wrong. */
 static void test_exec_input_first(void **state)
 {
     char *out;
-    assert_int_equal(run("exec", "/no/such/dir/body.json", NULL, NULL, &out), 66);
+    assert_int_equal(run("exec", "/no/such/dir/body.json", NULL, NULL, &out), 64);
     assert_string_equal(out, "dagster-sqs-worker: exec: cannot read /no/such/dir/body.json: No "
                              "such file or directory\n");
     free(out);
-    assert_int_equal(run("exec", dir, NULL, NULL, &out), 66);
+    assert_int_equal(run("exec", dir, NULL, NULL, &out), 64);
     expect_in(out, "Is a directory");
     free(out);
 }
