@@ -62,27 +62,30 @@ static void decode(const void *body, size_t len, int strict, int s3)
         return;
     }
     check(rc == -EBADMSG);
-    check(rej.reason > DSW_MSG_OK && rej.reason <= DSW_MSG_S3_POINTER_UNSUPPORTED);
+    check((rej.reason > DSW_MSG_OK && rej.reason <= DSW_MSG_S3_POINTER_UNSUPPORTED) ||
+          rej.reason == DSW_MSG_UNSUPPORTED_COMPRESSION);
     check(rej.detail[0] != '\0' && strlen(rej.detail) < sizeof(rej.detail));
     for (const char *p = rej.detail; *p; p++)
         check(*p >= 0x20 && *p < 0x7f);
     check(req.run_id[0] == '\0' && req.instance_ref == NULL);
 }
 
-/* The input as the [args, kwargs, embed] body of a kombu envelope. */
-static void decode_as_celery_body(const uint8_t *data, size_t size)
+/* The input as the [args, kwargs, embed] body of a kombu envelope; zlib: as its compressed
+ * body (headers.compression application/x-gzip), so inflate sees arbitrary streams. */
+static void decode_as_celery_body(const uint8_t *data, size_t size, int zlib)
 {
     static const char fmt[] =
         "{\"body\": \"%s\", \"content-encoding\": \"utf-8\", \"content-type\": "
         "\"application/json\", \"headers\": {\"lang\": \"py\", \"task\": \"execute_job\", "
-        "\"id\": \"5d3f6a0e-1c2b-4f7e-9a8b-0c1d2e3f4a5b\"}, \"properties\": "
+        "\"id\": \"5d3f6a0e-1c2b-4f7e-9a8b-0c1d2e3f4a5b\"%s}, \"properties\": "
         "{\"body_encoding\": \"base64\", \"delivery_tag\": \"t\"}}";
-    size_t inner_len, env_len, out_len;
+    static const char zhdr[] = ", \"compression\": \"application/x-gzip\"";
+    size_t inner_len, env_len, out_len, cap;
     char *inner = b64(data, size, &inner_len);
-    char *env = malloc(sizeof(fmt) + inner_len), *out;
+    char *env = malloc(cap = sizeof(fmt) + sizeof(zhdr) + inner_len), *out;
 
     check(env != NULL);
-    env_len = (size_t)snprintf(env, sizeof(fmt) + inner_len, fmt, inner);
+    env_len = (size_t)snprintf(env, cap, fmt, inner, zlib ? zhdr : "");
     out = b64((const uint8_t *)env, env_len, &out_len);
     decode(out, out_len, 1, 0);
     free(out);
@@ -105,6 +108,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(enc);
     }
     if (size > 0 && data[0] == '[')
-        decode_as_celery_body(data, size);
+        decode_as_celery_body(data, size, 0);
+    if (size > 0 && data[0] == 0x78) /* a zlib header's first byte (deflate, 32 KiB window) */
+        decode_as_celery_body(data, size, 1);
     return 0;
 }
