@@ -4,6 +4,8 @@
  * Every test passes its own environment, so nothing here can reach a non-loopback address. */
 #include "sqs_testlib.h"
 
+#include "dsw/log.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -341,6 +343,10 @@ static void test_forced_refresh(void **state)
     snprintf(e1, sizeof(e1), "AWS_CONTAINER_CREDENTIALS_FULL_URI=%s/container/creds", base);
     struct fixture f;
     char *env[] = {e1, "AWS_CONTAINER_AUTHORIZATION_TOKEN=Bearer container-secret", IMDS_OFF, NULL};
+    /* The source is logged once: the refresh from the same provider is no news. */
+    FILE *log = tmpfile();
+    assert_non_null(log);
+    dsw_log_setup(DSW_LOG_INFO, DSW_LOG_TEXT, fileno(log));
     fx_open(&f, env, 0);
     assert_int_equal(fx_resolve(&f, NULL), 0);
     char first[DSW_AWS_KEY_MAX];
@@ -354,6 +360,16 @@ static void test_forced_refresh(void **state)
     assert_int_equal(dsw_aws_generation(f.aws), 2);
     assert_string_not_equal(dsw_aws_creds(f.aws)->key_id, first);
     fx_close(&f);
+    dsw_log_setup(DSW_LOG_INFO, DSW_LOG_TEXT, 2);
+    char text[4096] = "";
+    rewind(log);
+    text[fread(text, 1, sizeof(text) - 1, log)] = '\0';
+    fclose(log);
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, "aws: credentials from")) != NULL; p++)
+        n++;
+    if (n != 1)
+        fail_msg("'aws: credentials from' logged %d times:\n%s", n, text);
 }
 
 /* Closing with a resolution in flight cancels the wait exactly once. */
