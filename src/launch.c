@@ -173,3 +173,29 @@ out:
     free_strv(entry);
     return rc;
 }
+
+int dsw_launch_warm_init(uv_loop_t *loop, const struct dsw_conf *c, const char *trampoline,
+                         struct dsw_warm **out)
+{
+    char **env = NULL;
+    char why[8192];
+    int rc = dsw_launch_env(c, &env);
+    struct dsw_warm_opts wo = {.n = (unsigned)c->runs.warm,
+                               .python = c->runs.python,
+                               .runner = c->runs.warm_runner,
+                               .imports = c->runs.warm_imports,
+                               .entry = c->runs.warm_entry,
+                               .max_age_ms = (uint64_t)c->runs.warm_max_age_ms,
+                               .env = (const char *const *)env,
+                               .trampoline = trampoline};
+    *out = NULL;
+    if (!rc)
+        rc = dsw_warm_init(loop, &wo, out);
+    dsw_proc_env_free(env);
+    if (rc)
+        dsw_error("cannot start the warm runner pool: %s",
+                  dsw_warm_strerror(rc, c->runs.python, c->runs.warm_runner, why, sizeof(why)));
+    else
+        dsw_info("keeping %u warm runner(s) ready (%s)", wo.n, c->runs.python);
+    return rc;
+}

@@ -31,7 +31,7 @@ typedef void (*step_fn)(struct dsw_pipeline *p, int status);
 
 struct dsw_pipeline {
     struct dsw_pipeline_env *env;
-    void *slot;
+    struct dsw_list link; /* in env->slots while the slot is held */
     enum state state;
     uv_timer_t step; /* the next step (retry, deferred failure, drain bound); freed on close */
     step_fn next;
@@ -78,11 +78,12 @@ static struct dsw_log_ctx log_ctx(const struct dsw_pipeline *p, const char *even
 
 /* ---- lifetime and steps ----------------------------------------------------------------- */
 
-struct dsw_pipeline *dsw_pipeline_new(struct dsw_pipeline_env *env, void *slot)
+struct dsw_pipeline *dsw_pipeline_new(struct dsw_pipeline_env *env)
 {
     struct dsw_pipeline *p = dsw_xcalloc(1, sizeof(*p));
     p->env = env;
-    p->slot = slot;
+    dsw_list_push_back(&env->slots, &p->link);
+    env->used++;
     p->received_ms = dsw_now_ms();
     int rc = uv_timer_init(env->loop, &p->step);
     if (rc) { /* only on a loop that was never initialised: a bug, not a condition */
@@ -107,7 +108,16 @@ static void give_slot_back(struct dsw_pipeline *p)
     if (p->slot_returned)
         return;
     p->slot_returned = true;
-    p->env->done(p->failed, p->slot);
+    dsw_list_remove(&p->link);
+    p->env->used--;
+    p->env->done(p->failed, p->env->arg);
+}
+
+struct dsw_pipeline *dsw_pipeline_next(const struct dsw_pipeline_env *env,
+                                       const struct dsw_pipeline *p)
+{
+    const struct dsw_list *n = p ? p->link.next : env->slots.next;
+    return n == &env->slots ? NULL : dsw_list_entry(n, struct dsw_pipeline, link);
 }
 
 /* The message is dealt with: give the slot back and free the pipeline. */

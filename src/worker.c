@@ -7,13 +7,14 @@
 #include "dsw/buf.h"
 #include "dsw/clients.h"
 #include "dsw/db.h"
+#include "dsw/heartbeat.h"
 #include "dsw/httpd.h"
 #include "dsw/launch.h"
-#include "dsw/list.h"
 #include "dsw/log.h"
 #include "dsw/metrics.h"
 #include "dsw/notify.h"
 #include "dsw/pipeline.h"
+#include "dsw/sweep.h"
 #include "dsw/trampoline.h"
 #include "dsw/warm.h"
 
@@ -36,14 +37,7 @@ extern char **environ;
 
 struct worker;
 
-/* One slot: the pipeline of one message. */
-struct slot {
-    struct dsw_list link;
-    struct worker *w;
-    struct dsw_pipeline *p;
-};
-
-enum { T_RECEIVE, T_VISIBILITY, T_LEASE, T_CANCEL, T_SWEEP, T_DRAIN, T_STATUS, T_COUNT };
+enum { T_RECEIVE, T_SWEEP, T_DRAIN, T_STATUS, T_COUNT };
 enum { SIG_TERM, SIG_INT, SIG_HUP, SIG_COUNT };
 
 struct worker {
@@ -52,14 +46,13 @@ struct worker {
     enum dsw_worker_mode mode;
     const char *exec_path;
     struct dsw_clients cl;
-    struct dsw_pipeline_env pl; /* pl.draining is the drain flag */
+    struct dsw_pipeline_env pl; /* pl.draining is the drain flag, pl.used the slots in use */
+    struct dsw_heartbeat *hb;   /* from start_serving to the stop */
     struct dsw_watchdog *watchdog;
     struct dsw_httpd *httpd;
     bool queue_ok; /* the last receive succeeded */
     uint64_t sqs_seen[DSW_SQS_OP_COUNT][DSW_SQS_ERR_COUNT];
     uint64_t db_errors_seen;
-    struct dsw_list slots;
-    int used; /* slots in use */
     int nslots;
     bool receiving, received_once, stopped, db_up, ready_sent, notify_warned;
     bool started; /* the schema check passed: receiving may begin */
@@ -67,18 +60,17 @@ struct worker {
     uint64_t receive_retry_ms;
     uv_timer_t timers[T_COUNT];
     uv_signal_t sigs[SIG_COUNT];
-    size_t ntimers, nsigs;  /* initialised so far (closed at stop) */
-    int visibility_batches; /* ChangeMessageVisibilityBatch calls in flight */
-    bool cancel_poll_busy, sweep_busy;
+    size_t ntimers, nsigs; /* initialised so far (closed at stop) */
+    bool sweep_busy;
 };
 
 static void maybe_receive(struct worker *w);
 static void maybe_stop(struct worker *w);
 static void update_status(struct worker *w);
 
-#define foreach_slot(s, w)                                                                         \
-    for (struct dsw_list *n_ = (w)->slots.next;                                                    \
-         n_ != &(w)->slots && ((s) = dsw_list_entry(n_, struct slot, link), 1); n_ = n_->next)
+#define foreach_pipeline(p, w)                                                                     \
+    for (struct dsw_pipeline *p = dsw_pipeline_next(&(w)->pl, NULL); p;                            \
+         p = dsw_pipeline_next(&(w)->pl, p))
 
 static int secs(int64_t ms) /* a duration as SQS seconds, capped at 12 h */
 {
@@ -107,34 +99,19 @@ static void notify_result(struct worker *w, int rc, const char *what)
 /* A pipeline gave its slot back. */
 static void on_pipeline_done(bool failed, void *arg)
 {
-    struct slot *s = arg;
-    struct worker *w = s->w;
-    dsw_list_remove(&s->link);
-    free(s);
-    w->used--;
+    struct worker *w = arg;
     if (failed)
         w->exit_code = 1;
-    if (w->mode != DSW_WORKER_RUN && w->used == 0)
+    if (w->mode != DSW_WORKER_RUN && w->pl.used == 0)
         w->pl.draining = true;
     maybe_receive(w);
     maybe_stop(w);
 }
 
-static struct dsw_pipeline *take_slot(struct worker *w)
-{
-    struct slot *s = dsw_xcalloc(1, sizeof(*s));
-    s->w = w;
-    s->p = dsw_pipeline_new(&w->pl, s);
-    dsw_list_push_back(&w->slots, &s->link);
-    w->used++;
-    return s->p;
-}
-
 static int count_running(struct worker *w)
 {
-    struct slot *s;
     int n = 0;
-    foreach_slot(s, w) n += dsw_pipeline_running(s->p);
+    foreach_pipeline(p, w) n += dsw_pipeline_running(p);
     return n;
 }
 
@@ -170,7 +147,7 @@ static void on_received(int status, const struct dsw_sqs_message *msgs, size_t n
         if (msgs[i].sent_timestamp > 0)
             dsw_metrics_observe(DSW_METRIC_QUEUE_WAIT,
                                 (now_wall_ms - (double)msgs[i].sent_timestamp) / 1000.0);
-        dsw_pipeline_start_message(take_slot(w), &msgs[i]);
+        dsw_pipeline_start_message(dsw_pipeline_new(&w->pl), &msgs[i]);
     }
     if (w->mode == DSW_WORKER_ONCE) {
         w->received_once = true;
@@ -207,7 +184,7 @@ static void maybe_receive(struct worker *w)
         return;
     if (w->mode == DSW_WORKER_ONCE && w->received_once)
         return;
-    int free_slots = w->nslots - w->used;
+    int free_slots = w->nslots - w->pl.used;
     if (free_slots <= 0)
         return;
     int max = w->mode == DSW_WORKER_ONCE ? 1 : DSW_MIN(free_slots, DSW_SQS_MAX_BATCH);
@@ -238,178 +215,25 @@ static void stop_receiving(struct worker *w)
         receive_later(w, (uint64_t)w->conf->queue.wait_time_ms + RECEIVE_SLACK_MS);
 }
 
-/* ---- worker-wide timers: visibility, leases, status polls, sweeping ---------------------- */
-
-static void on_extended(int status, const struct dsw_sqs_entry_result *res, size_t n, void *arg)
-{
-    struct worker *w = arg;
-    w->visibility_batches--;
-    if (status) {
-        dsw_warn("visibility extension failed (%s)", strerror(-status));
-        return;
-    }
-    for (size_t i = 0; i < n; i++)
-        if (res[i].status)
-            dsw_warn("visibility extension of entry %s failed (%s)", res[i].id, res[i].code);
-}
-
-static void extend_batch(struct worker *w, const struct dsw_sqs_entry *e, size_t n)
-{
-    if (n &&
-        dsw_sqs_change_visibility_batch(w->cl.sqs, w->conf->queue.url, e, n, on_extended, w) == 0)
-        w->visibility_batches++;
-}
-
-/* One ChangeMessageVisibilityBatch per 10 messages held, each to queue.visibility_timeout.
- * While the previous round is still in flight (SQS is slow) the tick is skipped: the round
- * before it already extended every message by a whole visibility timeout. */
-static void on_visibility_timer(uv_timer_t *t)
-{
-    struct worker *w = t->data;
-    struct dsw_sqs_entry e[DSW_SQS_MAX_BATCH];
-    char ids[DSW_SQS_MAX_BATCH][8];
-    size_t n = 0;
-    uint64_t now = dsw_now_ms();
-    int vis = secs(w->conf->queue.visibility_timeout_ms);
-#ifdef DSW_FAILPOINTS
-    /* Failpoint: the queue heartbeat is blocked (the message comes back while its run is
-     * still running; the claim alone must keep a second child from starting). */
-    if (getenv("DSW_FAILPOINT_NO_VISIBILITY_HEARTBEAT"))
-        return;
-#endif
-    if (w->visibility_batches > 0) {
-        dsw_debug("visibility: %d batch(es) still in flight; skipping this beat",
-                  w->visibility_batches);
-        return;
-    }
-    struct slot *s;
-    foreach_slot(s, w)
-    {
-        if (!dsw_pipeline_visibility_entry(s->p, now, vis, &e[n]))
-            continue;
-        snprintf(ids[n], sizeof(ids[n]), "e%zu", n);
-        e[n].id = ids[n];
-        if (++n == DSW_SQS_MAX_BATCH) {
-            extend_batch(w, e, n);
-            n = 0;
-        }
-    }
-    extend_batch(w, e, n);
-}
-
-static void on_lease_timer(uv_timer_t *t)
-{
-    struct worker *w = t->data;
-    struct slot *s;
-    foreach_slot(s, w) dsw_pipeline_heartbeat(s->p);
-}
-
-static void on_polled(int status, const struct dsw_store_status_row *rows, size_t n, void *arg)
-{
-    struct worker *w = arg;
-    w->cancel_poll_busy = false;
-    if (status)
-        return;
-    for (size_t i = 0; i < n; i++) {
-        struct slot *s;
-        foreach_slot(s, w)
-        {
-            const char *id = dsw_pipeline_run_id(s->p);
-            if (id && strcmp(id, rows[i].run_id) == 0)
-                dsw_pipeline_status(s->p, rows[i].status);
-        }
-    }
-}
-
-/* Poll the status of every run a child is executing, in one statement. */
-static void on_cancel_timer(uv_timer_t *t)
-{
-    struct worker *w = t->data;
-    const char *ids[1000];
-    size_t n = 0;
-    if (w->cancel_poll_busy)
-        return;
-    struct slot *s;
-    foreach_slot(s, w)
-    {
-        if (n < DSW_ARRAY_LEN(ids) && dsw_pipeline_watching(s->p))
-            ids[n++] = dsw_pipeline_run_id(s->p);
-    }
-    if (n && dsw_store_poll_status(w->cl.store, ids, n, on_polled, w) == 0)
-        w->cancel_poll_busy = true;
-}
+/* ---- worker-wide timers: the sweeper (the beats are in heartbeat) --------------------------- */
 
 static void on_db_notify(struct dsw_db *db, const char *channel, const char *payload, void *arg)
 {
     struct worker *w = arg;
-    struct slot *s;
-    /* payload is <run_id>_<event id>: poll at once when it is one of ours. */
-    foreach_slot(s, w)
-    {
-        const char *id = dsw_pipeline_run_id(s->p);
-        size_t n = id ? strlen(id) : 0;
-        if (n && dsw_pipeline_watching(s->p) && strncmp(payload, id, n) == 0 && payload[n] == '_') {
-            uv_timer_start(&w->timers[T_CANCEL], on_cancel_timer, 0,
-                           (uint64_t)w->conf->runs.cancel_poll_ms);
-            return;
-        }
-    }
+    if (w->hb)
+        dsw_heartbeat_notify(w->hb, payload);
 }
 
-static void on_released(int status, void *arg)
-{
-    (void)arg;
-    if (status)
-        dsw_warn("sweeper: could not release a claim (%s); it will go stale", strerror(-status));
-}
-
-static void on_swept_recorded(int status, const struct dsw_store_record_result *res, void *arg)
-{
-    char *run_id = arg;
-    if (status == 0)
-        dsw_info("sweeper: run %s of a dead worker is now %s", run_id,
-                 dsw_store_status_name(res->after));
-    else
-        dsw_warn("sweeper: could not record run %s (%s)", run_id, strerror(-status));
-    free(run_id);
-}
-
-/* A stale claim the sweeper took over: make its run terminal, or release it when the dead
- * worker never started a child (its message will come back). */
-static void close_swept(struct worker *w, const struct dsw_store_swept *it)
-{
-    struct dsw_store_outcome o = {.run_id = it->run_id, .token = it->claim.token};
-    if (it->run_status == DSW_STATUS_CANCELING) {
-        o.outcome = "canceled";
-        o.cause = "Run canceled; its worker was lost";
-    } else if (it->run_status == DSW_STATUS_STARTED || it->prev_state == DSW_CLAIM_RUNNING) {
-        o.outcome = "lost";
-        o.cause = "Run worker lost: its dagster-sqs-worker stopped heartbeating (recorded by "
-                  "the sweeper)";
-    } else {
-        if (dsw_store_release(w->cl.store, it->run_id, it->claim.token, on_released, NULL))
-            dsw_warn("sweeper: could not release the claim of run %s", it->run_id);
-        return;
-    }
-    char *id = dsw_xstrdup(it->run_id);
-    if (dsw_store_record_outcome(w->cl.store, &o, on_swept_recorded, id)) {
-        dsw_warn("sweeper: could not record run %s; the next sweep retries", id);
-        free(id);
-    }
-}
-
-static void on_swept(int status, const struct dsw_store_swept *items, size_t n, void *arg)
+static void on_swept(int status, void *arg)
 {
     struct worker *w = arg;
     w->sweep_busy = false;
-    for (size_t i = 0; status == 0 && i < n; i++)
-        close_swept(w, &items[i]);
 }
 
 static void on_sweep_timer(uv_timer_t *t)
 {
     struct worker *w = t->data;
-    if (!w->sweep_busy && w->db_up && dsw_store_sweep(w->cl.store, 100, on_swept, w) == 0)
+    if (!w->sweep_busy && w->db_up && dsw_sweep(w->cl.store, on_swept, w) == 0)
         w->sweep_busy = true;
 }
 
@@ -467,8 +291,7 @@ static int is_ready(const char **reason, void *arg)
 
 static void terminate_all(struct worker *w)
 {
-    struct slot *s;
-    foreach_slot(s, w) dsw_pipeline_terminate(s->p);
+    foreach_pipeline(p, w) dsw_pipeline_terminate(p);
 }
 
 static void on_drain_timer(uv_timer_t *t)
@@ -496,7 +319,7 @@ static void start_drain(struct worker *w, const char *why)
         return;
     }
     w->pl.draining = true;
-    dsw_info("%s: draining (%d job(s) in progress)", why, w->used);
+    dsw_info("%s: draining (%d job(s) in progress)", why, w->pl.used);
     notify_result(w, dsw_notify_stopping(), "STOPPING");
     notify_result(w,
                   dsw_notify_extend_timeout(
@@ -504,8 +327,7 @@ static void start_drain(struct worker *w, const char *why)
                   "EXTEND_TIMEOUT_USEC");
     stop_receiving(w);
     close_warm(w);
-    struct slot *s;
-    foreach_slot(s, w) dsw_pipeline_drain(s->p);
+    foreach_pipeline(p, w) dsw_pipeline_drain(p);
     uv_timer_start(&w->timers[T_DRAIN], on_drain_timer, (uint64_t)c->runs.drain_timeout_ms, 0);
     update_status(w);
     maybe_stop(w);
@@ -550,11 +372,14 @@ static void close_handles(struct worker *w)
 
 static void maybe_stop(struct worker *w)
 {
-    if (!w->pl.draining || w->stopped || w->used > 0 || w->receiving)
+    if (!w->pl.draining || w->stopped || w->pl.used > 0 || w->receiving)
         return;
     w->stopped = true;
     dsw_info("all jobs finished; stopping");
     close_handles(w);
+    if (w->hb)
+        dsw_heartbeat_close(w->hb);
+    w->hb = NULL;
     if (w->watchdog)
         dsw_watchdog_close(w->watchdog, NULL, NULL);
     if (w->httpd)
@@ -608,10 +433,10 @@ static void start_serving(struct worker *w)
 {
     const struct dsw_conf *c = w->conf;
     w->started = true;
-    if (w->mode != DSW_WORKER_EXEC)
-        every(w, T_VISIBILITY, on_visibility_timer, c->queue.heartbeat_ms);
-    every(w, T_LEASE, on_lease_timer, c->claims.heartbeat_ms);
-    every(w, T_CANCEL, on_cancel_timer, c->runs.cancel_poll_ms);
+    if (dsw_heartbeat_start(&w->pl, w->mode != DSW_WORKER_EXEC, &w->hb)) {
+        fail(w, 1);
+        return;
+    }
     if (w->mode == DSW_WORKER_RUN)
         every(w, T_SWEEP, on_sweep_timer, c->claims.sweep_ms);
     every(w, T_STATUS, on_status_timer, 1000);
@@ -647,10 +472,10 @@ static void exec_body(struct worker *w)
         close(fd);
     if (too_big) { /* decode sees a body one byte over the cap, and says so */
         char *big = dsw_xcalloc(cap, 1);
-        dsw_pipeline_start_body(take_slot(w), big, cap);
+        dsw_pipeline_start_body(dsw_pipeline_new(&w->pl), big, cap);
         free(big);
     } else {
-        dsw_pipeline_start_body(take_slot(w), dsw_buf_str(&b), b.len);
+        dsw_pipeline_start_body(dsw_pipeline_new(&w->pl), dsw_buf_str(&b), b.len);
     }
     dsw_buf_free(&b);
 }
@@ -698,33 +523,6 @@ static void on_db_give_up(uv_timer_t *t)
     fail(w, EXIT_UNAVAILABLE);
 }
 
-static int init_warm(struct worker *w)
-{
-    const struct dsw_conf *c = w->conf;
-    if (c->runs.warm <= 0 || w->mode == DSW_WORKER_EXEC)
-        return 0;
-    char **env = NULL;
-    int rc = dsw_launch_env(c, &env);
-    struct dsw_warm_opts wo = {.n = (unsigned)c->runs.warm,
-                               .python = c->runs.python,
-                               .runner = c->runs.warm_runner,
-                               .imports = c->runs.warm_imports,
-                               .entry = c->runs.warm_entry,
-                               .max_age_ms = (uint64_t)c->runs.warm_max_age_ms,
-                               .env = (const char *const *)env,
-                               .trampoline = w->pl.trampoline};
-    if (!rc)
-        rc = dsw_warm_init(&w->loop, &wo, &w->pl.warm);
-    dsw_proc_env_free(env);
-    char why[8192];
-    if (rc)
-        dsw_error("cannot start the warm runner pool: %s",
-                  dsw_warm_strerror(rc, c->runs.python, c->runs.warm_runner, why, sizeof(why)));
-    else
-        dsw_info("keeping %u warm runner(s) ready (%s)", wo.n, c->runs.python);
-    return rc;
-}
-
 /* The loop's own handles: every timer and signal watcher, each checked. */
 static int init_loop_handles(struct worker *w)
 {
@@ -769,7 +567,9 @@ static int init_services(struct worker *w)
         }
         dsw_info("metrics and health on http://%s/", listen);
     }
-    return init_warm(w);
+    if (w->conf->runs.warm <= 0 || w->mode == DSW_WORKER_EXEC)
+        return 0;
+    return dsw_launch_warm_init(&w->loop, w->conf, w->pl.trampoline, &w->pl.warm);
 }
 
 /* Everything up to the schema check; the exit code when start-up failed, else 0. */
@@ -805,9 +605,9 @@ int dsw_worker_main(const struct dsw_conf *conf, enum dsw_worker_mode mode, cons
     w->mode = mode;
     w->exec_path = exec_path;
     w->nslots = (int)conf->runs.max_concurrent;
-    dsw_list_init(&w->slots);
     w->pl = (struct dsw_pipeline_env){
-        .loop = &w->loop, .conf = conf, .cl = &w->cl, .done = on_pipeline_done};
+        .loop = &w->loop, .conf = conf, .cl = &w->cl, .done = on_pipeline_done, .arg = w};
+    dsw_list_init(&w->pl.slots);
     w->pl.trampoline = dsw_trampoline_helper();
 #ifdef DSW_FAILPOINTS
     /* Under valgrind /proc/self/exe is valgrind itself: tests name the trampoline. */

@@ -46,4 +46,9 @@ int dsw_launch_start(uv_loop_t *loop, const struct dsw_launch *l, struct dsw_pro
  * (dsw_proc_env_free). 0, -E2BIG (runs.env_passthrough has too many names) or -EINVAL. */
 int dsw_launch_env(const struct dsw_conf *conf, char ***out) DSW_WUR;
 
+/* The warm runner pool of runs.warm (> 0) on loop, in the run workers' environment; the
+ * failure is logged with what was missing. 0 with *out, or a negative errno (*out NULL). */
+int dsw_launch_warm_init(uv_loop_t *loop, const struct dsw_conf *conf, const char *trampoline,
+                         struct dsw_warm **out) DSW_WUR;
+
 #endif

@@ -4,15 +4,16 @@
  * delete the message -- or defer, release, reject or quarantine it. Nothing is deleted before
  * the outcome it stands for is committed.
  *
- * The worker owns the slots, receiving and the periodic timers: it creates one pipeline per
- * message in a slot of its own, drives the batched work (visibility extension, lease
- * heartbeats, status polls) through the supervision calls below, and gets the slot back through
- * the done callback, which fires exactly once and never from inside a call of this module. */
+ * The worker owns the slots, receiving and the periodic timers: each pipeline holds one slot
+ * (it is in env->slots from dsw_pipeline_new until it gives the slot back through the done
+ * callback, which fires exactly once and never from inside a call of this module); the
+ * worker-wide beats (heartbeat.h) reach the pipelines there through the supervision calls. */
 #ifndef DSW_PIPELINE_H
 #define DSW_PIPELINE_H
 
 #include "dsw/clients.h"
 #include "dsw/conf.h"
+#include "dsw/list.h"
 #include "dsw/sqs.h"
 #include "dsw/store.h"
 
@@ -24,10 +25,10 @@
 struct dsw_pipeline;
 struct dsw_warm;
 
-/* The pipeline is over and gives its slot back. failed: a body of exec mode (no queue) was
- * rejected or not processed (the command then exits 1). The pipeline must not be used after
- * this call (it frees itself once its last callback has fired). */
-typedef void (*dsw_pipeline_done_cb)(bool failed, void *slot);
+/* A pipeline is over and gave its slot back (it is out of env->slots). failed: a body of exec
+ * mode (no queue) was rejected or not processed (the command then exits 1). The pipeline must
+ * not be used any more (it frees itself once its last callback has fired). */
+typedef void (*dsw_pipeline_done_cb)(bool failed, void *arg);
 
 /* What every pipeline shares with the worker. Borrowed: it must outlive every pipeline (until
  * the loop ends). The worker updates draining and warm in place. */
@@ -39,12 +40,21 @@ struct dsw_pipeline_env {
     const char *trampoline; /* as dsw_proc_opts.trampoline */
     bool draining;          /* no new claim or child; received messages are released */
     dsw_pipeline_done_cb done;
+    void *arg;
+    /* Kept by this module (dsw_list_init it): the pipelines holding a slot, and how many. */
+    struct dsw_list slots;
+    int used;
 };
 
 /* ---- one message -------------------------------------------------------------------------- */
 
-/* A pipeline in slot (passed to env->done). Start it with exactly one of the two calls below. */
-struct dsw_pipeline *dsw_pipeline_new(struct dsw_pipeline_env *env, void *slot);
+/* A pipeline in a new slot. Start it with exactly one of the two calls below. */
+struct dsw_pipeline *dsw_pipeline_new(struct dsw_pipeline_env *env);
+
+/* The pipeline after p in env->slots (NULL p: the first one), NULL at the end. No pipeline
+ * leaves the list during a supervision call, so the calls below may be made while iterating. */
+struct dsw_pipeline *dsw_pipeline_next(const struct dsw_pipeline_env *env,
+                                       const struct dsw_pipeline *p);
 
 /* A received message (m is only read during the call): decode it, or release it at once when
  * the worker is draining (a long poll that outlived the start of the drain). */

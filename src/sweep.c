@@ -1,0 +1,82 @@
+/* sweep: the sweeper's round. Each swept claim is closed by its own fenced write; a failure is
+ * logged and left to a later round, which finds the claim stale again. */
+#include "dsw/sweep.h"
+
+#include "dsw/log.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SWEEP_BATCH 100
+
+struct round {
+    struct dsw_store *store;
+    dsw_sweep_cb cb;
+    void *arg;
+};
+
+static void on_released(int status, void *arg)
+{
+    char *run_id = arg;
+    if (status)
+        dsw_warn("sweeper: could not release the claim of run %s (%s); it will go stale again",
+                 run_id, strerror(-status));
+    free(run_id);
+}
+
+static void on_recorded(int status, const struct dsw_store_record_result *res, void *arg)
+{
+    char *run_id = arg;
+    if (status == 0)
+        dsw_info("sweeper: run %s of a dead worker is now %s", run_id,
+                 dsw_store_status_name(res->after));
+    else
+        dsw_warn("sweeper: could not record run %s (%s)", run_id, strerror(-status));
+    free(run_id);
+}
+
+/* Close one claim the round took over. */
+static void close_claim(struct dsw_store *store, const struct dsw_store_swept *it)
+{
+    struct dsw_store_outcome o = {.run_id = it->run_id, .token = it->claim.token};
+    char *id = dsw_xstrdup(it->run_id);
+    int rc;
+    if (it->run_status == DSW_STATUS_CANCELING) {
+        o.outcome = "canceled";
+        o.cause = "Run canceled; its worker was lost";
+    } else if (it->run_status == DSW_STATUS_STARTED || it->prev_state == DSW_CLAIM_RUNNING) {
+        o.outcome = "lost";
+        o.cause = "Run worker lost: its dagster-sqs-worker stopped heartbeating (recorded by "
+                  "the sweeper)";
+    }
+    if (o.outcome) {
+        rc = dsw_store_record_outcome(store, &o, on_recorded, id);
+    } else { /* the dead worker never started a child: its message will come back */
+        rc = dsw_store_release(store, it->run_id, it->claim.token, on_released, id);
+    }
+    if (rc) {
+        dsw_warn("sweeper: could not close the claim of run %s (%s); a later round retries", id,
+                 strerror(-rc));
+        free(id);
+    }
+}
+
+static void on_swept(int status, const struct dsw_store_swept *items, size_t n, void *arg)
+{
+    struct round *r = arg;
+    for (size_t i = 0; status == 0 && i < n; i++)
+        close_claim(r->store, &items[i]);
+    r->cb(status, r->arg);
+    free(r);
+}
+
+int dsw_sweep(struct dsw_store *store, dsw_sweep_cb cb, void *arg)
+{
+    struct round *r = dsw_xcalloc(1, sizeof(*r));
+    *r = (struct round){.store = store, .cb = cb, .arg = arg};
+    int rc = dsw_store_sweep(store, SWEEP_BATCH, on_swept, r);
+    if (rc)
+        free(r);
+    return rc;
+}
