@@ -1,7 +1,8 @@
 /* The run worker's behaviours (the fake dagster's dsw/test_behavior tag) under the real daemon:
  * success, failure, crash, exit before starting, killed by SIGKILL, cancellation (also of a
- * child that ignores SIGTERM and of one that leaves a grandchild: nothing survives), the
- * dagster/max_runtime tag, and a stdout flood (the daemon's memory stays bounded). */
+ * child that ignores SIGTERM and of one that leaves a grandchild: nothing survives), a run made
+ * terminal by someone else while it runs, the dagster/max_runtime tag, and a stdout flood (the
+ * daemon's memory stays bounded). */
 #include "testutil.h"
 
 #include "dsw/util.h"
@@ -171,6 +172,42 @@ static void test_cancel_ignores_sigterm(void **state)
     stop(d);
 }
 
+/* Someone else makes the run terminal while the child runs (run monitoring fails it, a user
+ * marks it): the child is stopped with the usual escalation (this one ignores SIGTERM, so
+ * SIGKILL after kill_grace), its exit is recorded in the claim, and the status that someone
+ * set is kept: no PIPELINE_* event, no status write from the daemon. */
+static void test_terminal_elsewhere(void **state)
+{
+    static const char *const statuses[] = {"FAILURE", "SUCCESS"};
+    static const char *const ends[] = {"PIPELINE_FAILURE", "PIPELINE_SUCCESS", "PIPELINE_CANCELED"};
+    char id[2][37];
+    pid_t pid[2];
+    for (int i = 0; i < 2; i++) {
+        tu_run_new(id[i], "STARTING", "ignore_sigterm:600");
+        send_run(id[i]);
+    }
+    struct tu_daemon *d = start();
+    for (int i = 0; i < 2; i++) {
+        pid[i] = child_pid(id[i]);
+        assert_true(pid[i] > 0);
+        set_status(id[i], statuses[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        assert_true(claim_done(id[i]));
+        assert_true(tu_eq_free(tu_claim_col(id[i], "outcome"), "external"));
+        assert_true(tu_eq_free(tu_claim_col(id[i], "term_signal"), "9"));
+        assert_true(tu_eq_free(tu_run_status(id[i]), statuses[i]));
+        for (size_t e = 0; e < DSW_ARRAY_LEN(ends); e++)
+            assert_int_equal(tu_run_events(id[i], ends[e]), 0);
+        assert_false(tu_run_event_has(id[i], "This run has been marked as"));
+        assert_true(tu_run_event_has(id[i], "Run worker was killed by signal 9"));
+        assert_false(tu_pid_alive(pid[i]));
+    }
+    assert_true(tu_daemon_log_has(d, "outside its run worker"));
+    assert_true(tu_wait_queue_empty(&q, WAIT_MS));
+    stop(d);
+}
+
 /* The grandchild's pid, from the fake's stderr line in the daemon's log. */
 static pid_t grandchild_of(struct tu_daemon *d)
 {
@@ -264,6 +301,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_ignores_sigterm, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_grandchild, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_terminal_elsewhere, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_runtime, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flood, setup, teardown),
     };

@@ -2,15 +2,21 @@
  * claim is held up by a test transaction holding the same run_id): the unclaimed message is
  * visible again as soon as its claim resolves, one run finishes on its own, the other is
  * terminated at runs.drain_timeout, both outcomes are recorded and the daemon exits 0. A second
- * SIGTERM skips the wait. Runs in a database of its own (it looks at pg_stat_activity). */
+ * SIGTERM skips the wait. A drain also ends within its bounds when the queue endpoint is dead
+ * (a closed port) or answers nothing (a listener that never accepts). Runs in a database of its
+ * own (it looks at pg_stat_activity). */
 #include "testutil.h"
 
 #include "dsw/util.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define WAIT_MS 30000
 
@@ -127,11 +133,66 @@ static void test_second_sigterm_skips_the_wait(void **state)
     assert_true(tu_wait_queue_empty(&q, WAIT_MS));
 }
 
+/* A TCP socket on a free loopback port, listening (backlog: connections complete, nobody ever
+ * accepts or answers) or, when !listening, closed again so that the port refuses. */
+static int loopback_port(bool listening, int *fd_out)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    if (listening)
+        assert_int_equal(listen(fd, 16), 0);
+    else
+        close(fd);
+    *fd_out = listening ? fd : -1;
+    return ntohs(a.sin_port);
+}
+
+static bool receive_tried(void *arg)
+{
+    return tu_daemon_log_has(arg, "receive failed") || tu_daemon_log_has(arg, "ready:");
+}
+
+/* SIGTERM while ReceiveMessage cannot succeed: the daemon exits 0 well within runs.drain_timeout
+ * + runs.kill_grace (here 2 s + 1 s), instead of retrying the receive for ever. */
+static void test_drain_queue_unreachable(void **state)
+{
+    static const bool listening[] = {false, true};
+    for (size_t i = 0; i < DSW_ARRAY_LEN(listening); i++) {
+        int fd;
+        int port = loopback_port(listening[i], &fd);
+        tu_env_set(&env, "DSW_QUEUE_ENDPOINT", "http://127.0.0.1:%d", port);
+        tu_env_set(&env, "DSW_RUNS_DRAIN_TIMEOUT", "2s");
+        struct tu_daemon *d = tu_daemon_start(&env, (const char *const[]){"run", NULL});
+        assert_true(tu_daemon_wait_ready(d, WAIT_MS));
+        assert_true(tu_wait(receive_tried, d, WAIT_MS));
+        if (!listening[i]) /* refused at once: wait until the failure was reported */
+            while (!tu_daemon_log_has(d, "receive failed"))
+                assert_int_equal(tu_daemon_wait(d, 10), -1);
+        uint64_t t0 = dsw_now_ms();
+        tu_daemon_signal(d, SIGTERM);
+        int rc = tu_daemon_wait(d, 3 * (2000 + 1000));
+        uint64_t took = dsw_now_ms() - t0;
+        fprintf(stderr, "drain with the queue %s: exit %d after %llu ms\n",
+                listening[i] ? "silent" : "refusing", rc, (unsigned long long)took);
+        if (rc != 0)
+            tu_daemons_dump();
+        assert_int_equal(rc, 0);
+        assert_true(tu_daemon_log_has(d, "SIGTERM: draining"));
+        if (fd >= 0)
+            close(fd);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_second_sigterm_skips_the_wait, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drain_queue_unreachable, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
