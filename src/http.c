@@ -5,6 +5,7 @@
 #include "dsw/http.h"
 
 #include "dsw/buf.h"
+#include "dsw/list.h"
 #include "dsw/log.h"
 
 #include <curl/curl.h>
@@ -16,7 +17,7 @@ struct sock_ctx {
     uv_poll_t poll;
     curl_socket_t fd;
     struct dsw_http *h;
-    struct sock_ctx *prev, *next;
+    struct dsw_list link; /* in h->socks */
 };
 
 struct dsw_http_xfer {
@@ -27,7 +28,7 @@ struct dsw_http_xfer {
     dsw_http_cb cb;
     void *arg;
     struct dsw_http *h;
-    struct dsw_http_xfer *prev, *next;
+    struct dsw_list link; /* in h->xfers */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -35,8 +36,8 @@ struct dsw_http {
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t timer;
-    struct sock_ctx *socks;
-    struct dsw_http_xfer *xfers;
+    struct dsw_list socks; /* struct sock_ctx */
+    struct dsw_list xfers; /* struct dsw_http_xfer */
     size_t pending;
     unsigned long connects;
     int busy;     /* > 0 while user callbacks run: teardown waits */
@@ -77,12 +78,7 @@ static void on_handle_closed(uv_handle_t *hd)
 static void sock_close(struct sock_ctx *c)
 {
     struct dsw_http *h = c->h;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        h->socks = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    dsw_list_remove(&c->link);
     h->nclosing++;
     uv_close((uv_handle_t *)&c->poll, on_handle_closed);
 }
@@ -118,12 +114,7 @@ static int curl_err(const struct dsw_http_xfer *x, CURLcode rc)
 static void xfer_unlink_free(struct dsw_http_xfer *x)
 {
     struct dsw_http *h = x->h;
-    if (x->prev)
-        x->prev->next = x->next;
-    else
-        h->xfers = x->next;
-    if (x->next)
-        x->next->prev = x->prev;
+    dsw_list_remove(&x->link);
     h->pending--;
     curl_multi_remove_handle(h->multi, x->easy);
     curl_easy_cleanup(x->easy);
@@ -234,10 +225,7 @@ static int on_socket(CURL *e, curl_socket_t fd, int action, void *userp, void *s
             return -1;
         }
         c->poll.data = c;
-        c->next = h->socks;
-        if (h->socks)
-            h->socks->prev = c;
-        h->socks = c;
+        dsw_list_push_front(&h->socks, &c->link);
         curl_multi_assign(h->multi, fd, c);
     }
     int events = 0;
@@ -260,6 +248,8 @@ int dsw_http_init(struct dsw_http **out, uv_loop_t *loop)
         global_done = 1;
     }
     struct dsw_http *h = dsw_xcalloc(1, sizeof(*h));
+    dsw_list_init(&h->socks);
+    dsw_list_init(&h->xfers);
     h->loop = loop;
     h->multi = curl_multi_init();
     if (!h->multi) {
@@ -352,10 +342,7 @@ int dsw_http_request(struct dsw_http *h, const struct dsw_http_req *r, dsw_http_
         rc = -EIO;
         goto out;
     }
-    x->next = h->xfers;
-    if (h->xfers)
-        h->xfers->prev = x;
-    h->xfers = x;
+    dsw_list_push_front(&h->xfers, &x->link);
     h->pending++;
     if (xfer)
         *xfer = x;
@@ -392,9 +379,10 @@ static void maybe_teardown(struct dsw_http *h)
     h->torn = 1;
     /* Stop polling before curl closes its sockets; on_socket is not reached afterwards
      * because every socket we watched is forgotten here. */
-    while (h->socks) {
-        curl_multi_assign(h->multi, h->socks->fd, NULL);
-        sock_close(h->socks);
+    while (!dsw_list_empty(&h->socks)) {
+        struct sock_ctx *c = dsw_list_entry(h->socks.next, struct sock_ctx, link);
+        curl_multi_assign(h->multi, c->fd, NULL);
+        sock_close(c);
     }
     curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, NULL);
     curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, NULL);
@@ -411,7 +399,7 @@ void dsw_http_close(struct dsw_http *h, dsw_http_close_cb cb, void *arg)
     h->closing = 1;
     h->close_cb = cb;
     h->close_arg = arg;
-    while (h->xfers)
-        finish(h->xfers, -ECANCELED);
+    while (!dsw_list_empty(&h->xfers))
+        finish(dsw_list_entry(h->xfers.next, struct dsw_http_xfer, link), -ECANCELED);
     maybe_teardown(h);
 }

@@ -5,6 +5,7 @@
 #include "dsw/httpd.h"
 
 #include "dsw/buf.h"
+#include "dsw/list.h"
 #include "dsw/log.h"
 #include "dsw/metrics.h"
 
@@ -34,7 +35,7 @@ struct conn {
     enum conn_state state;
     int nclosing;
     struct dsw_httpd *h;
-    struct conn *prev, *next;
+    struct dsw_list link; /* in h->conns until closing */
     char rbuf[2048];
 };
 
@@ -42,9 +43,9 @@ struct dsw_httpd {
     uv_tcp_t listener;
     struct dsw_httpd_opts o;
     int port;
-    struct conn *conns;
-    size_t nconns; /* open, counted against max_conns */
-    size_t nobjs;  /* struct conn not yet freed (closing ones included) */
+    struct dsw_list conns; /* open connections */
+    size_t nconns;         /* open, counted against max_conns */
+    size_t nobjs;          /* struct conn not yet freed (closing ones included) */
     unsigned long refused;
     int closing, listener_closed;
     dsw_httpd_close_cb close_cb;
@@ -146,12 +147,7 @@ static void conn_close(struct conn *c)
     if (c->state == CLOSING)
         return;
     c->state = CLOSING;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        h->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    dsw_list_remove(&c->link);
     h->nconns--;
     c->nclosing = 2;
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
@@ -366,10 +362,7 @@ static void on_connection(uv_stream_t *server, int status)
     uv_tcp_init(server->loop, &c->tcp);
     uv_timer_init(server->loop, &c->timer);
     c->tcp.data = c->timer.data = c;
-    c->next = h->conns;
-    if (h->conns)
-        h->conns->prev = c;
-    h->conns = c;
+    dsw_list_push_front(&h->conns, &c->link);
     h->nconns++;
     h->nobjs++;
     int rc = uv_accept(server, (uv_stream_t *)&c->tcp);
@@ -403,6 +396,7 @@ int dsw_httpd_init(struct dsw_httpd **out, uv_loop_t *loop, const struct dsw_htt
         return rc;
     }
     struct dsw_httpd *h = dsw_xcalloc(1, sizeof(*h));
+    dsw_list_init(&h->conns);
     h->o = *opts;
     h->o.listen = NULL; /* borrowed: not kept */
     if (!h->o.read_timeout_ms)
@@ -453,7 +447,7 @@ void dsw_httpd_close(struct dsw_httpd *h, dsw_httpd_close_cb cb, void *arg)
     h->closing = 1;
     h->close_cb = cb;
     h->close_arg = arg;
-    while (h->conns)
-        conn_close(h->conns);
+    while (!dsw_list_empty(&h->conns))
+        conn_close(dsw_list_entry(h->conns.next, struct conn, link));
     uv_close((uv_handle_t *)&h->listener, on_listener_closed);
 }

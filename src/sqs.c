@@ -5,6 +5,7 @@
 #include "dsw/sqs.h"
 
 #include "dsw/failpoint.h"
+#include "dsw/list.h"
 
 #include "dsw/log.h"
 
@@ -43,7 +44,7 @@ struct op {
     void *arg;
     char **ids; /* batch entry ids, in request order */
     size_t nids;
-    struct op *prev, *next;
+    struct dsw_list link; /* in s->ops */
 };
 
 struct dsw_sqs {
@@ -54,7 +55,7 @@ struct dsw_sqs {
     int max_attempts, base_ms, max_ms;
     long timeout_ms;
     size_t max_reply;
-    struct op *ops;
+    struct dsw_list ops; /* struct op, newest first */
     size_t nops;
     uint64_t stats[DSW_SQS_OP_COUNT][DSW_SQS_ERR_COUNT];
     uv_timer_t guard; /* makes the close callback asynchronous */
@@ -221,14 +222,8 @@ static void free_op(uv_handle_t *h)
 
 static void unlink_op(struct op *op)
 {
-    struct dsw_sqs *s = op->s;
     op->done = 1;
-    if (op->prev)
-        op->prev->next = op->next;
-    else
-        s->ops = op->next;
-    if (op->next)
-        op->next->prev = op->prev;
+    dsw_list_remove(&op->link);
     uv_close((uv_handle_t *)&op->timer, free_op);
 }
 
@@ -554,10 +549,7 @@ static int submit(struct dsw_sqs *s, enum dsw_sqs_op kind, json_t *req, long tim
     op->arg = arg;
     uv_timer_init(s->loop, &op->timer);
     op->timer.data = op;
-    op->next = s->ops;
-    if (s->ops)
-        s->ops->prev = op;
-    s->ops = op;
+    dsw_list_push_front(&s->ops, &op->link);
     s->nops++;
     uv_timer_start(&op->timer, on_start, 0, 0);
     if (out)
@@ -587,6 +579,7 @@ int dsw_sqs_init(struct dsw_sqs **out, uv_loop_t *loop, struct dsw_http *http, s
     s->max_ms = o->backoff_max_ms > 0 ? o->backoff_max_ms : 20000;
     s->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 15000;
     s->max_reply = o->max_reply ? o->max_reply : 12u * 1024 * 1024;
+    dsw_list_init(&s->ops);
     uv_timer_init(loop, &s->guard);
     s->guard.data = s;
     *out = s;
@@ -742,8 +735,10 @@ void dsw_sqs_cancel_receives(struct dsw_sqs *s)
 {
     /* Ops are freed only in their timer's close callback, so next stays readable even when a
      * callback retires other ops. */
-    for (struct op *op = s->ops, *next; op; op = next) {
-        next = op->next;
+    struct dsw_list *n, *next;
+    dsw_list_foreach_safe(n, next, &s->ops)
+    {
+        struct op *op = dsw_list_entry(n, struct op, link);
         if (op->kind == DSW_SQS_OP_RECEIVE)
             cancel_op(op);
     }
@@ -759,8 +754,8 @@ uint64_t dsw_sqs_requests(const struct dsw_sqs *s, enum dsw_sqs_op op, enum dsw_
 size_t dsw_sqs_pending(const struct dsw_sqs *s)
 {
     size_t n = 0;
-    for (const struct op *op = s->ops; op; op = op->next)
-        n++;
+    const struct dsw_list *i;
+    dsw_list_foreach(i, &s->ops) n++;
     return n;
 }
 
@@ -782,8 +777,8 @@ void dsw_sqs_close(struct dsw_sqs *s, dsw_sqs_close_cb cb, void *arg)
     s->closing = 1;
     s->close_cb = cb;
     s->close_arg = arg;
-    while (s->ops) {
-        struct op *op = s->ops;
+    while (!dsw_list_empty(&s->ops)) {
+        struct op *op = dsw_list_entry(s->ops.next, struct op, link);
         cancel_op(op);
         if (!op->done) /* a wait aws already dropped: retire it here */
             complete(op, -ECANCELED, NULL);

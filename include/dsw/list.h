@@ -40,12 +40,13 @@ static inline void dsw_list_push_back(struct dsw_list *h, struct dsw_list *n)
     h->prev = n;
 }
 
-/* Unlink n from its list; n is then an empty list (removing it again is harmless). */
+/* Unlink n from its list (once). n's own pointers are left as they were, as libuv's QUEUE does:
+ * an iteration that saved n as its next node can still step on from it, provided the element
+ * is not freed meanwhile. */
 static inline void dsw_list_remove(struct dsw_list *n)
 {
     n->prev->next = n->next;
     n->next->prev = n->prev;
-    dsw_list_init(n);
 }
 
 /* The element that embeds node as member. */
