@@ -258,9 +258,13 @@ def daemons() -> Iterator[List[Daemon]]:
     """Daemons a test starts; each is stopped (and its log shown on failure) at the end."""
     started: List[Daemon] = []
     yield started
+    keep = os.environ.get("DSW_PY_LOGS")  # a directory to keep every daemon log in
     for d in started:
         d.stop()
         sys.stderr.write(f"---- {d.log_path}\n{d.log()[-6000:]}\n")
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            shutil.copy(d.log_path, os.path.join(keep, d.log_path.name))
 
 
 @pytest.fixture(scope="session")
@@ -276,7 +280,8 @@ def dagster_db() -> Iterator[str]:
     shutil.rmtree(home, ignore_errors=True)
     db_init(db)
     yield db
-    psql("postgres", f"DROP DATABASE {db} WITH (FORCE)")
+    if not os.environ.get("DSW_PY_KEEP_DB"):
+        psql("postgres", f"DROP DATABASE {db} WITH (FORCE)")
 
 
 def _botocore_sqs_protocol() -> str:

@@ -4,7 +4,7 @@ test decides when a run may finish, without timing), then a second op."""
 import os
 import time
 
-from dagster import Field, job, op, repository
+from dagster import Field, in_process_executor, job, op, repository
 
 
 @op(config_schema={"gate": Field(str, is_required=False, default_value=""),
@@ -30,6 +30,11 @@ def gated():
     after(gate())
 
 
+@job(executor_def=in_process_executor)
+def gated_in_process():
+    after(gate())
+
+
 @repository
 def dsw_repo():
-    return [gated]
+    return [gated, gated_in_process]
