@@ -185,7 +185,7 @@ class Daemon:
             "DSW_RUNS_MAX_CONCURRENT": "4", "DSW_RUNS_COMMAND": command or h.dagster_cmd,
             "DSW_RUNS_DAGSTER_HOME": h.home, "DSW_RUNS_CANCEL_POLL": "200ms",
             "DSW_RUNS_KILL_GRACE": "5s", "DSW_RUNS_REQUEUE_DELAY": "1s",
-            "DSW_RUNS_DRAIN_TIMEOUT": "30s", "DSW_RUNS_ENV_DSW_HARNESS_MARK": self.mark,
+            "DSW_RUNS_DRAIN_TIMEOUT": "5s", "DSW_RUNS_ENV_DSW_HARNESS_MARK": self.mark,
             "DSW_RUNS_ENV_DSW_FAKE_PG_CONNINFO": h.conninfo,
             "DSW_HTTP_LISTEN": "127.0.0.1:%d" % self.port, "DSW_LOG_FORMAT": "json",
             "DSW_LOG_LEVEL": "info",
@@ -314,11 +314,13 @@ class Harness:
         from dagster._core.storage.dagster_run import DagsterRunStatus
 
         recon = reconstructable(getattr(jobs, job_name))
-        with self.lock:  # job definition loading is not meant to be concurrent
-            job_def = recon.get_definition()
-        return inst.create_run_for_job(job_def=job_def, run_config=run_config or {},
-                                       tags=tags or {}, job_code_origin=recon.get_python_origin(),
-                                       status=DagsterRunStatus.NOT_STARTED)
+        # One at a time: two runs of a job insert the same snapshot row, and Dagster's
+        # check-then-insert races.
+        with self.lock:
+            return inst.create_run_for_job(job_def=recon.get_definition(),
+                                           run_config=run_config or {}, tags=tags or {},
+                                           job_code_origin=recon.get_python_origin(),
+                                           status=DagsterRunStatus.NOT_STARTED)
 
     def launch(self, inst, job_name, queue, form="taskiq", run_config=None, tags=None):
         """create_run_for_job, then instance.launch_run: PIPELINE_STARTING + STARTING, and the
@@ -327,8 +329,11 @@ class Harness:
         run = self.create(inst, job_name, run_config, t)
         inst.launch_run(run.run_id, workspace=None)
         st = self.db.status(run.run_id)
-        expect(st not in ("FAILURE",), "launch_run failed the run (launcher error): %s" %
-               [e[3][:300] for e in self.db.events(run.run_id)[-2:]])
+        if st == "FAILURE":
+            errs = [json.loads(e[3]).get("dagster_event", {}).get("event_specific_data")
+                    for e in self.db.events(run.run_id) if e[1] == "ENGINE_EVENT"]
+            raise Failed("launch_run failed the run (launcher error): %s" % json.dumps(
+                [x.get("error") for x in errs if x and x.get("error")])[:1500])
         return run.run_id
 
     def await_terminal(self, run_id, timeout=120):
@@ -459,14 +464,15 @@ def sc_external_fail(h, q, inst):
         "seconds": 120.0}}}})
     running(h, rid)
     inst.report_run_failed(inst.get_run_by_id(rid), "marked failed by the harness")
-    claim = h.await_done(rid, timeout=30)
+    claim = h.await_done(rid, timeout=15)  # cancel_poll + kill_grace (5 s) + slack
     expect(h.db.status(rid) == "FAILURE", "status %s" % h.db.status(rid))
     r = h.reads(inst, rid)
     r["claim"] = {k: claim[k] for k in ("exit_code", "term_signal", "outcome")}
     return r
 
 
-FORMS = ["taskiq", "taskiq_string", "legacy", "legacy_path", "bare", "celery"]
+# "success" is the taskiq (dagster-taskiq execute_job) form.
+FORMS = ["taskiq_string", "legacy", "legacy_path", "bare", "celery"]
 
 
 def sc_form(form):
@@ -481,8 +487,8 @@ def sc_kill9(h, inst):
     double-forked grandchild; a second daemon's sweeper records FAILURE within ttl + sweep; 2 s
     later no process of the run is alive and the run's last event is the daemon's."""
     q = h.sqs.queue("dsw-real-kill9-%s" % uuid.uuid4().hex[:8])
-    pid_dir = os.path.join(h.work, "kill9-pids")
-    os.makedirs(pid_dir, exist_ok=True)
+    pid_dir = os.path.join(h.work, "kill9-pids-%s" % uuid.uuid4().hex[:8])
+    os.makedirs(pid_dir)
     a = Daemon(h, "kill9a", q).start()
     b = None
     try:
@@ -535,6 +541,7 @@ def sc_resume(h, inst):
         rid = h.launch(inst, "slow_job", q, run_config={"ops": {"slow_op": {"config": {
             "seconds": 120.0, "once_file": once}}}})
         running(h, rid)
+        wait(lambda: os.path.exists(once), 60, "the step's first attempt to begin")
         a.kill9()
         wait(lambda: not marked_pids(a.mark), 10, "the killed daemon's run worker to die")
         wait(lambda: (h.db.claim(rid) or {}).get("age", 0) > 3.0, 20, "the claim to go stale")
