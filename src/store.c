@@ -193,6 +193,11 @@ static const char SQL_TAG_UPSERT[] =
     " ins AS (INSERT INTO run_tags (run_id, key, value) SELECT $1::text, $2::text, $3::text"
     " WHERE EXISTS (SELECT 1 FROM f) AND NOT EXISTS (SELECT 1 FROM upd) RETURNING 1)"
     " SELECT (SELECT count(*) FROM upd) + (SELECT count(*) FROM ins)";
+/* The launch's tags as run_tags holds them: a writer that read the body before the launch
+ * committed (a launcher's own add_run_tags) may have written it back without them; the
+ * record's body write puts them back. */
+static const char SQL_OUR_TAGS[] = "SELECT key, value FROM run_tags WHERE run_id = $1"
+                                   " AND key IN ($2, $3) ORDER BY id";
 /* add_run_tags' body write (the tags merged, status from the column), fenced. */
 static const char SQL_RUN_TAGS[] =
     "UPDATE runs SET run_body = $2, update_timestamp = $3::timestamp WHERE run_id = $1"
@@ -589,8 +594,10 @@ struct op {
     int exit_code, term_signal, pid, receive_count;
     double duration_s;
     char *outcome, *cause, *message_id, *failure_reason;
-    struct dsw_kv tags[2]; /* run tags to write (borrowed strings), tags[tag_i] next */
+    struct dsw_kv tags[4]; /* run tags for the body (borrowed strings); tags[tag_i..] are also
+                              upserted into run_tags */
     size_t ntags, tag_i;
+    char *kept[2][2]; /* the launch's tags read back by a record (key, value) */
 
     char *job_name, *body; /* read inside the transaction */
     double now;
@@ -621,6 +628,10 @@ static void op_free(struct op *o)
     free(o->cause);
     free(o->message_id);
     free(o->failure_reason);
+    for (size_t i = 0; i < DSW_ARRAY_LEN(o->kept); i++) {
+        free(o->kept[i][0]);
+        free(o->kept[i][1]);
+    }
     free(o->job_name);
     free(o->body);
     free(o);
@@ -798,6 +809,7 @@ enum {
     R_CLAIM_DONE,
     R_CLAIM_SEEN,
     R_RUN_LOCKED,
+    R_OUR_TAGS,
     R_EXIT_EVENT,
     R_END_EVENT,
     R_TAG,
@@ -848,10 +860,9 @@ static void record_end_event(struct op *o)
             o, R_END_EVENT, "PIPELINE_CANCELED",
             dsw_dagster_run_event(o->run_id, o->job_name, "PIPELINE_CANCELED", msg, -1, o->now));
     } else {
-        if (strcmp(o->failure_reason, DSW_FAILURE_UNKNOWN) != 0) {
-            o->tags[0] = (struct dsw_kv){DSW_DAGSTER_TAG_FAILURE_REASON, o->failure_reason};
-            o->ntags = 1;
-        }
+        if (strcmp(o->failure_reason, DSW_FAILURE_UNKNOWN) != 0)
+            o->tags[o->ntags++] =
+                (struct dsw_kv){DSW_DAGSTER_TAG_FAILURE_REASON, o->failure_reason};
         op_event(o, R_END_EVENT, "PIPELINE_FAILURE",
                  dsw_dagster_failure_event(o->run_id, o->job_name, msg, o->failure_reason, o->now));
     }
@@ -867,6 +878,31 @@ static void record_set_run(struct op *o)
     const char *p[] = {o->run_id, status, body, o->now_naive, end, o->token};
     op_q(o, R_RUN_SET, SQL_RUN_END, 6, p);
     free(body);
+}
+
+/* Keep the launch's tags (last row per key wins) for the body; they are not upserted again. */
+static void record_keep_tags(struct op *o, const struct dsw_db_result *r)
+{
+    size_t n = 0;
+    for (int row = 0; row < dsw_db_result_nrows(r); row++) {
+        const char *k = dsw_db_result_value(r, row, 0), *v = dsw_db_result_value(r, row, 1);
+        size_t i = 0;
+        if (!k || !v)
+            continue;
+        while (i < n && strcmp(o->kept[i][0], k) != 0)
+            i++;
+        if (i == DSW_ARRAY_LEN(o->kept))
+            continue;
+        if (i == n) {
+            o->kept[n][0] = dsw_xstrdup(k);
+            n++;
+        }
+        free(o->kept[i][1]);
+        o->kept[i][1] = dsw_xstrdup(v);
+    }
+    for (size_t i = 0; i < n; i++)
+        o->tags[o->ntags++] = (struct dsw_kv){o->kept[i][0], o->kept[i][1]};
+    o->tag_i = o->ntags;
 }
 
 /* The claim was not ours to close: a lost lease, or a retry of a record that committed. */
@@ -906,10 +942,17 @@ static void record_step(struct op *o, const struct dsw_db_result *r)
     case R_CLAIM_SEEN:
         record_check_already(o, r);
         return;
-    case R_RUN_LOCKED:
+    case R_RUN_LOCKED: {
+        const char *p[] = {o->run_id, DSW_STORE_TAG_WORKER_ID, DSW_STORE_TAG_MESSAGE_ID};
         if (op_take_run(o, r, 0, 1, 2) < 0)
             op_fail(o, -ENOENT);
-        else if (o->kind == K_EXIT)
+        else
+            op_q(o, R_OUR_TAGS, SQL_OUR_TAGS, 3, p);
+        return;
+    }
+    case R_OUR_TAGS:
+        record_keep_tags(o, r);
+        if (o->kind == K_EXIT)
             record_exit_event(o);
         else
             record_end_event(o);
