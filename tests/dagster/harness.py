@@ -603,17 +603,13 @@ def shape(h, rid):
             "ours": [t for _, t, o, _ in ev if o]}
 
 
-def subseq(a, b):
-    it = iter(b)
-    return all(x in it for x in a)
-
-
 def sc_equivalence(h, inst):
     """success / failure / crash / cancel with the stand-in (fake_dagster) and with real
     Dagster through the same daemon configuration: statuses, exit codes, the run-level event
-    sequence, who wrote the terminal event and the daemon's own events must be identical; the
-    stand-in's step events and engine messages a subsequence of real Dagster's; Dagster must
-    read the stand-in's rows."""
+    sequence, who wrote the terminal event, the step events (start/success/failure), the run
+    worker's engine messages and the daemon's own events must be identical; the stand-in may
+    leave out event types (outputs, resources, captured logs) but not add any; Dagster must read
+    the stand-in's rows."""
     q_real = h.sqs.queue("dsw-real-eq-%s" % uuid.uuid4().hex[:8])
     q_fake = h.sqs.queue("dsw-fake-eq-%s" % uuid.uuid4().hex[:8])
     real = Daemon(h, "eqreal", q_real).start()
@@ -639,15 +635,12 @@ def sc_equivalence(h, inst):
                 h.await_terminal(rid)
                 h.await_done(rid)
             a, b = shape(h, ids[name][0]), shape(h, ids[name][1])
-            for k in ("status", "exit_code", "term_signal", "outcome", "run_events", "ours"):
+            if os.environ.get("DSW_HARNESS_VERBOSE"):
+                print("equivalence %s\n  real     %s\n  stand-in %s" % (name, a, b), flush=True)
+            for k in ("status", "exit_code", "term_signal", "outcome", "run_events", "ours",
+                      "steps", "engine"):
                 if a[k] != b[k]:
                     diffs.append("%s.%s: real %s, stand-in %s" % (name, k, a[k], b[k]))
-            if not subseq(b["steps"], a["steps"]):
-                diffs.append("%s.steps: stand-in %s not within real %s" % (name, b["steps"],
-                                                                           a["steps"]))
-            if not subseq(b["engine"], a["engine"]):
-                diffs.append("%s.engine: stand-in %s not within real %s" % (
-                    name, b["engine"], a["engine"]))
             extra = set(b["types"]) - set(a["types"])
             if extra:
                 diffs.append("%s.types: the stand-in writes %s, real Dagster does not" % (

@@ -40,8 +40,11 @@
  *   unexpectedly. No user initiated termination request was found, treating as failure."
  *   + FAILURE, exit 1. The run worker never writes PIPELINE_CANCELING: whoever asks for the
  *   termination does. The interrupt's SerializableErrorInfo carries an empty stack.
- * Step-level events are minimal (STEP_START, then STEP_SUCCESS or nothing), each in Dagster's
- * exact form; DagsterEvent lines go to stdout at the end, as the real CLI buffers them. */
+ * Step-level events are minimal (STEP_START, then STEP_SUCCESS, STEP_FAILURE (failure, and
+ * ErrorSource.INTERRUPT on SIGTERM) or nothing (crash)), each in Dagster's exact form; the
+ * sequence of run-level events, step events and engine messages is what real Dagster writes for
+ * an in-process job, which tests/dagster/harness.py (equivalence) checks against real Dagster.
+ * DagsterEvent lines go to stdout at the end, as the real CLI buffers them. */
 #include "dsw/buf.h"
 #include "dsw/dagster.h"
 #include "dsw/util.h"
@@ -348,6 +351,13 @@ static void interrupted(struct fake *f)
         "\"DagsterExecutionInterruptedError\", \"context\": null, \"message\": "
         "\"dagster._core.errors.DagsterExecutionInterruptedError\\n\", \"stack\": []}";
     char *msg, *data;
+    /* The step's own failure first: _dagster_event_sequence_for_step turns the interrupt into
+     * STEP_FAILURE with ErrorSource.INTERRUPT before the run-level handling below. */
+    data = dsw_xasprintf("{\"__class__\": \"StepFailureData\", \"error\": %s, \"error_source\": "
+                         "{\"__enum__\": \"ErrorSource.INTERRUPT\"}, \"user_failure_data\": null}",
+                         error);
+    inside(f, "STEP_FAILURE", "Execution of step \"" STEP "\" failed.", data, STEP, 40, NULL);
+    free(data);
     reload_status(f);
     if (!strcmp(f->status, "CANCELING")) {
         msg = dsw_xasprintf("Execution of run for \"%s\" canceled.", f->job);
@@ -473,7 +483,23 @@ static void execute(struct fake *f)
         interrupted(f);
 
     if (behaves(f, "failure")) {
+        static const char step_error[] =
+            "{\"__class__\": \"StepFailureData\", \"error\": {\"__class__\": "
+            "\"SerializableErrorInfo\", \"cause\": {\"__class__\": \"SerializableErrorInfo\", "
+            "\"cause\": null, \"cls_name\": \"Exception\", \"context\": null, \"message\": "
+            "\"Exception: fake_dagster: failing as the run's dsw/test_behavior tag asks\\n\", "
+            "\"stack\": []}, \"cls_name\": \"DagsterExecutionStepExecutionError\", \"context\": "
+            "null, \"message\": \"dagster._core.errors.DagsterExecutionStepExecutionError: Error "
+            "occurred while executing op \\\"" STEP "\\\":\\n\", \"stack\": []}, "
+            "\"error_source\": {\"__enum__\": \"ErrorSource.USER_CODE_ERROR\"}, "
+            "\"user_failure_data\": null}";
         log_line(f, "fake_dagster: failing as the run's dsw/test_behavior tag asks");
+        inside(f, "STEP_FAILURE", "Execution of step \"" STEP "\" failed.", step_error, STEP, 40,
+               NULL);
+        double elapsed = (dsw_wall_time() - t0) * 1000.0;
+        msg = dsw_xasprintf("Finished steps in process (pid: %d) in %.0fms", f->pid, elapsed);
+        inside(f, "ENGINE_EVENT", msg, data, NULL, 10, NULL);
+        free(msg);
         msg = dsw_xasprintf("Execution of run for \"%s\" failed. Steps failed: ['" STEP "'].",
                             f->job);
         inside(f, "PIPELINE_FAILURE", msg,
