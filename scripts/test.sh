@@ -55,6 +55,9 @@ for dir in build build-asan; do
 done
 [ "$nfail" = 0 ] || failed=1
 
+echo "== pytest: the Dagster side (python/run_tests.sh) on each Dagster tree"
+DSW_BIN=$here/build/dagster-sqs-worker bash python/run_tests.sh || failed=1
+
 if [ "${FUZZ_SECONDS:-60}" != 0 ] && [ -x scripts/fuzz.sh ]; then
     echo "== fuzz (${FUZZ_SECONDS:-60} s per target)"
     bash scripts/fuzz.sh || failed=1

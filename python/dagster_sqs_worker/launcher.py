@@ -227,7 +227,7 @@ class SqsRunLauncher(RunLauncher, ConfigurableClass):
         connect = getattr(storage, "connect", None)
         engine = getattr(storage, "_engine", None)
         if connect is None or engine is None or engine.dialect.name != "postgresql":
-            raise run_claims.ClaimsSchemaMissing(
+            raise run_claims.ClaimsUnavailable(
                 "SqsRunLauncher reads dagster-sqs-worker's claims from the instance's run storage, "
                 f"which must be dagster-postgres (this instance has {type(storage).__name__})"
             )

@@ -49,7 +49,11 @@ _SQL_RUN_AGE = (
 )
 
 
-class ClaimsSchemaMissing(RuntimeError):
+class ClaimsUnavailable(RuntimeError):
+    """The claims cannot be read (storage that is not PostgreSQL, no claims schema)."""
+
+
+class ClaimsSchemaMissing(ClaimsUnavailable):
     """The database has no dagster_sqs_worker schema: the daemon's db-init never ran there."""
 
 

@@ -87,6 +87,11 @@ def pytest_collection_modifyitems(config: Any, items: List[Any]) -> None:
         if why:
             item.add_marker(pytest.mark.skip(reason="; ".join(why)))
             _skipped.append(item.nodeid)
+    if _skipped and os.environ.get("DSW_PY_REQUIRE_ALL"):
+        raise pytest.UsageError(
+            f"{len(_skipped)} tests would be skipped for missing parts and DSW_PY_REQUIRE_ALL "
+            f"(CI=true) is set: {_skipped[0]}: see the header for what is missing"
+        )
 
 
 def pytest_report_header(config: Any) -> str:
