@@ -813,7 +813,8 @@ enum {
     R_EXIT_EVENT,
     R_END_EVENT,
     R_TAG,
-    R_RUN_SET
+    R_RUN_SET,
+    R_TAGS_BODY
 };
 
 static void record_exit_event(struct op *o)
@@ -846,10 +847,38 @@ static void record_exit_event(struct op *o)
 
 /* A run that is not terminal gets its terminal event: CANCELED when a cancel was asked (like
  * report_run_canceled, no data), else FAILURE with its reason, tagged unless UNKNOWN. */
+/* Whether the body lacks one of o->tags (or holds another value). */
+static bool body_lacks_tags(const struct op *o)
+{
+    for (size_t i = 0; i < o->ntags; i++) {
+        char *v = NULL;
+        bool same = o->body && dsw_dagster_body_tag(o->body, o->tags[i].key, &v) == 0 && v &&
+                    strcmp(v, o->tags[i].value) == 0;
+        free(v);
+        if (!same)
+            return true;
+    }
+    return false;
+}
+
+/* A run that ended by itself keeps its outcome; only the launch's tags go back into its body
+ * when a stale writer dropped them (add_run_tags' write: status from the column). */
+static void record_terminal_tags(struct op *o)
+{
+    if (!o->ntags || !o->body || !body_lacks_tags(o)) {
+        op_commit(o);
+        return;
+    }
+    char *body = body_with(o, dsw_store_status_name(o->rr.before));
+    const char *p[] = {o->run_id, body, o->now_naive, o->token};
+    op_q(o, R_TAGS_BODY, SQL_RUN_TAGS, 4, p);
+    free(body);
+}
+
 static void record_end_event(struct op *o)
 {
     if (dsw_store_status_terminal(o->rr.before)) {
-        op_commit(o);
+        record_terminal_tags(o);
         return;
     }
     bool cancel = o->rr.before == DSW_STATUS_CANCELING;
@@ -979,6 +1008,12 @@ static void record_step(struct op *o, const struct dsw_db_result *r)
         o->rr.changed = dsw_db_result_cmd_tuples(r) == 1;
         if (!o->rr.changed)
             op_fail(o, -ESTALE); /* the row is locked and not terminal: only the fence fails */
+        else
+            op_commit(o);
+        return;
+    case R_TAGS_BODY:
+        if (dsw_db_result_cmd_tuples(r) != 1)
+            op_fail(o, -ESTALE);
         else
             op_commit(o);
         return;

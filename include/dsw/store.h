@@ -260,7 +260,9 @@ typedef void (*dsw_store_record_cb)(int status, const struct dsw_store_record_re
  * The PIPELINE_FAILURE is "[dagster-sqs-worker] This run has been marked as failed: <cause>."
  * with PipelineFailureData{failure_reason} (what current Dagster writes; 1.3 ignores the
  * member, 1.7 reads it) and, unless the reason is UNKNOWN, the run tag dagster/failure_reason
- * in run_tags and in run_body's tags, as Dagster's run storage sets it.
+ * in run_tags and in run_body's tags, as Dagster's run storage sets it. The launch's tags are
+ * put back into run_body from run_tags (also of a run that ended by itself, whose outcome is
+ * kept) when a writer that read the body before the launch committed dropped them.
  * Each event is followed by pg_notify('run_events', run_id || '_' || id). cb status 0 (res),
  * -ESTALE (token lost: nothing written), -ENOENT (no run row), or a db error (nothing
  * written; retry when the db is back). */

@@ -813,6 +813,42 @@ static void test_tags_and_reasons(void **state)
     assert_int_equal(lc.status, -ESTALE);
     assert_string_equal(tag_in_body(&f, id, "dagster-sqs-worker/worker_id"), wid1);
 
+    /* The run ends by itself (SUCCESS) with a body a stale writer wrote without our tags:
+     * the record keeps the outcome and the body's other members, and puts the tags back. */
+    set_status(&f, id, "SUCCESS");
+    const char *q_body = "SELECT run_body FROM runs WHERE run_id = $1";
+    json_t *stale = json_loads(sql(&f, q_body, 1, p), 0, NULL);
+    assert_non_null(stale);
+    json_t *st = json_object_get(stale, "tags");
+    json_object_del(st, "dagster-sqs-worker/worker_id");
+    json_object_del(st, "dagster-sqs-worker/message_id");
+    char *stale_s = json_dumps(stale, JSON_SORT_KEYS);
+    const char *ps[] = {id, stale_s};
+    sql(&f, "UPDATE runs SET run_body = $2 WHERE run_id = $1", 2, ps);
+    struct wait rs = {0};
+    struct dsw_store_exit ok = {
+        .run_id = id, .token = t.claim.token, .exit_code = 0, .pid = 8, .duration_s = 1.0};
+    assert_int_equal(dsw_store_record_exit(f.st[1], &ok, on_record, &rs), 0);
+    w_until(&f, &rs);
+    assert_int_equal(rs.status, 0);
+    assert_false(rs.rr.changed);
+    assert_int_equal(rs.rr.after, DSW_STATUS_SUCCESS);
+    assert_string_equal(tag_in_body(&f, id, "dagster-sqs-worker/worker_id"), wid1);
+    assert_string_equal(tag_in_body(&f, id, "dagster-sqs-worker/message_id"), "m-2");
+    assert_string_equal(sql(&f,
+                            "SELECT status || ' ' || (run_body::json -> 'status' ->> '__enum__') "
+                            "FROM runs WHERE run_id = $1",
+                            1, p),
+                        "SUCCESS PipelineRunStatus.SUCCESS");
+    json_t *now = json_loads(sql(&f, q_body, 1, p), 0, NULL);
+    json_object_del(json_object_get(now, "tags"), "dagster-sqs-worker/worker_id");
+    json_object_del(json_object_get(now, "tags"), "dagster-sqs-worker/message_id");
+    assert_true(json_equal(now, stale));
+    json_decref(now);
+    json_decref(stale);
+    free(stale_s);
+    assert_string_equal(count_events(&f, id, "PIPELINE_FAILURE"), "0");
+
     /* A timeout: FAILURE with reason UNKNOWN in the data, no failure tag. */
     set_status(&f, tmo, "STARTED");
     struct wait b = claim(&f, 0, tmo, "m"), rb = {0};
