@@ -280,3 +280,25 @@ def test_monitoring_fails_a_run_whose_worker_died_once(dagster_db: str, sqs_endp
                "the sweeper to close the stale claim")
     assert event_count(s.db, run.run_id, "PIPELINE_FAILURE") == 1
     assert s.status(run.run_id) == "FAILURE"
+
+
+def test_dagster_job_launch_cli(setup: Setup, daemons: List[Daemon]) -> None:
+    """`dagster job launch` with DAGSTER_HOME pointing at the instance uses SqsRunLauncher."""
+    import shutil
+    import subprocess
+    import uuid
+
+    from conftest import HERE
+
+    s = setup
+    s.daemon(daemons)
+    run_id = str(uuid.uuid4())
+    env = dict(os.environ, DAGSTER_HOME=str(s.home))
+    r = subprocess.run(
+        [shutil.which("dagster") or "dagster", "job", "launch", "-f", str(HERE / "jobs.py"),
+         "-a", "dsw_repo", "-j", "gated_in_process", "--run-id", run_id],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = s.instance.get_run_by_id(run_id)
+    assert run is not None and run.tags.get("dagster-sqs-worker/message_id"), r.stderr[-3000:]
+    s.wait_status(run_id, "SUCCESS", 120)
