@@ -4,6 +4,7 @@
  * its dsw_proc then belongs to the caller, adopted with the caller's hooks. */
 #include "dsw/warm.h"
 
+#include "dsw/list.h"
 #include "dsw/log.h"
 #include "dsw/metrics.h"
 
@@ -26,7 +27,7 @@ enum rstate {
 };
 
 struct runner {
-    struct runner *prev, *next;
+    struct dsw_list link; /* in pool->runners */
     struct dsw_warm *pool;
     struct dsw_proc *proc;
     enum rstate state;
@@ -44,13 +45,17 @@ struct dsw_warm {
     size_t line_max;
     unsigned lines_per_sec;
     uint64_t max_age_ms, ready_ms, backoff_ms, backoff_max_ms;
-    struct runner *head, *tail;
-    unsigned fails;    /* consecutive failures since a runner was last ready */
-    uint64_t retry_at; /* uv_now before which no runner is started (backoff) */
+    struct dsw_list runners; /* oldest first */
+    unsigned fails;          /* consecutive failures since a runner was last ready */
+    uint64_t retry_at;       /* uv_now before which no runner is started (backoff) */
     int closing, timer_closed;
     dsw_warm_close_cb close_cb;
     void *close_arg;
 };
+
+#define foreach_runner(r, w)                                                                       \
+    for (struct runner *r = dsw_list_entry((w)->runners.next, struct runner, link);                \
+         &r->link != &(w)->runners; r = dsw_list_entry(r->link.next, struct runner, link))
 
 static void on_timer(uv_timer_t *t);
 
@@ -61,14 +66,7 @@ static void set_gauge(struct dsw_warm *w)
 
 static void unlink_runner(struct dsw_warm *w, struct runner *r)
 {
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        w->head = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    else
-        w->tail = r->prev;
+    dsw_list_remove(&r->link);
     free(r);
     w->live--;
 }
@@ -116,7 +114,8 @@ static void arm(struct dsw_warm *w)
     uint64_t now = uv_now(w->loop), next = UINT64_MAX;
     if (w->closing)
         return;
-    for (struct runner *r = w->head; r; r = r->next) {
+    foreach_runner(r, w)
+    {
         if (r->state == R_STARTING)
             next = DSW_MIN(next, r->started + w->ready_ms);
         else if (r->state == R_READY && w->max_age_ms)
@@ -222,12 +221,7 @@ static int spawn_one(struct dsw_warm *w)
     }
     r->pid = dsw_proc_pid(r->proc);
     r->started = uv_now(w->loop);
-    r->prev = w->tail;
-    if (w->tail)
-        w->tail->next = r;
-    else
-        w->head = r;
-    w->tail = r;
+    dsw_list_push_back(&w->runners, &r->link);
     w->live++;
     w->nstarting++;
     return 0;
@@ -253,7 +247,8 @@ static void on_timer(uv_timer_t *t)
 {
     struct dsw_warm *w = t->data;
     uint64_t now = uv_now(w->loop);
-    for (struct runner *r = w->head; r; r = r->next) {
+    foreach_runner(r, w)
+    {
         if (r->state == R_STARTING && now >= r->started + w->ready_ms) {
             retire(w, r, R_FAILED);
             dsw_warn("warm: runner %d not ready after %llu ms: killed; next start in %llu ms%s%s",
@@ -447,6 +442,7 @@ int dsw_warm_init(uv_loop_t *loop, const struct dsw_warm_opts *o, struct dsw_war
 {
     *out = NULL;
     struct dsw_warm *w = dsw_xcalloc(1, sizeof(*w));
+    dsw_list_init(&w->runners);
     int rc = build_argv(w, o);
     if (rc != 0) {
         free(w);
@@ -512,18 +508,21 @@ int dsw_warm_take(struct dsw_warm *w, const char *const *args, const struct dsw_
     char *req = build_request(args, &len);
     if (!req)
         return -EINVAL;
-    struct runner *r = w->head;
-    for (; r; r = r->next) {
-        if (r->state != R_READY)
+    struct runner *r = NULL;
+    foreach_runner(c, w)
+    {
+        if (c->state != R_READY)
             continue;
-        int rc = dsw_proc_stdin_write(r->proc, req, len);
+        int rc = dsw_proc_stdin_write(c->proc, req, len);
         if (rc == 0)
-            rc = dsw_proc_adopt(r->proc, h);
-        if (rc == 0)
+            rc = dsw_proc_adopt(c->proc, h);
+        if (rc == 0) {
+            r = c;
             break;
+        }
         /* Died since it said ready (its exit is on the way): count it, try the next one. */
-        dsw_warn("warm: runner %d died before it was used (%s)", r->pid, uv_strerror(rc));
-        retire(w, r, R_FAILED);
+        dsw_warn("warm: runner %d died before it was used (%s)", c->pid, uv_strerror(rc));
+        retire(w, c, R_FAILED);
     }
     free(req);
     if (r) {
@@ -541,9 +540,8 @@ void dsw_warm_recycle(struct dsw_warm *w)
 {
     if (w->closing)
         return;
-    for (struct runner *r = w->head; r; r = r->next)
-        if (r->state == R_STARTING || r->state == R_READY)
-            retire(w, r, R_RETIRING);
+    foreach_runner(r, w) if (r->state == R_STARTING || r->state == R_READY)
+        retire(w, r, R_RETIRING);
     dsw_info("warm: runners recycled");
     w->fails = 0;
     w->retry_at = 0;
@@ -559,9 +557,7 @@ unsigned dsw_warm_ready(const struct dsw_warm *w)
 size_t dsw_warm_ready_pids(const struct dsw_warm *w, int *pids, size_t max)
 {
     size_t k = 0;
-    for (const struct runner *r = w->head; r && k < max; r = r->next)
-        if (r->state == R_READY)
-            pids[k++] = r->pid;
+    foreach_runner(r, w) if (r->state == R_READY && k < max) pids[k++] = r->pid;
     return k;
 }
 
@@ -577,8 +573,7 @@ void dsw_warm_close(struct dsw_warm *w, dsw_warm_close_cb cb, void *arg)
     w->closing = 1;
     w->close_cb = cb;
     w->close_arg = arg;
-    for (struct runner *r = w->head; r; r = r->next)
-        close_runner(r);
+    foreach_runner(r, w) close_runner(r);
     uv_close((uv_handle_t *)&w->timer, on_timer_closed);
     dsw_metrics_set(DSW_METRIC_WARM_READY, 0);
 }
