@@ -57,6 +57,14 @@ for dir in build build-asan build-release; do
 done
 [ "$nfail" = 0 ] || failed=1
 
+# The real daemon with real Dagster as the run worker, on every Dagster found (DSW_DAGSTER_SRC,
+# an importable dagster, ../shared/dagster/*); prints scenario x tree. CI=true: none found fails.
+echo "== real Dagster (tests/dagster/run.py)"
+/usr/bin/python3 tests/dagster/run.py --build build || failed=1
+
+echo "== pytest: the Dagster side (python/run_tests.sh) on each Dagster tree"
+DSW_BIN=$here/build/dagster-sqs-worker bash python/run_tests.sh || failed=1
+
 # Deployment (tests/deploy/): the manifests against the daemon, the .deb built from
 # build-release/ (installed and purged in a container), the image built and run with podman.
 # Exit 77 = could not run here: reported as SKIPPED (each test itself fails under CI=true).
