@@ -43,19 +43,10 @@ struct dsw_execution {
     bool heartbeat_busy;
 };
 
-static struct dsw_log_ctx log_ctx(const struct dsw_execution *e, const char *event)
-{
-    return (struct dsw_log_ctx){
-        .event = event, .run_id = e->run_id, .message_id = e->message_id, .duration_ms = -1};
-}
-
-#define elog(level, e, event, ...)                                                                 \
-    do {                                                                                           \
-        if ((level) >= dsw_log_threshold) {                                                        \
-            struct dsw_log_ctx ctx_ = log_ctx((e), (event));                                       \
-            dsw_log_emit((level), &ctx_, __VA_ARGS__);                                             \
-        }                                                                                          \
-    } while (0)
+#define ctx_of(e, ev)                                                                              \
+    ((struct dsw_log_ctx){                                                                         \
+        .event = (ev), .run_id = (e)->run_id, .message_id = (e)->message_id, .duration_ms = -1})
+#define elog(level, e, event, ...) dsw_log((level), &ctx_of((e), (event)), __VA_ARGS__)
 
 /* ---- lifetime ------------------------------------------------------------------------------ */
 
@@ -198,7 +189,7 @@ static void on_child_exit(struct dsw_proc *proc, const struct dsw_proc_exit *st,
     if (st->first_line_ms >= 0)
         dsw_metrics_observe_label(DSW_METRIC_RUN_START, e->warm ? "warm" : "cold",
                                   (double)st->first_line_ms / 1000.0);
-    struct dsw_log_ctx ctx = log_ctx(e, "child_exit");
+    struct dsw_log_ctx ctx = ctx_of(e, "child_exit");
     ctx.has_exit_code = st->term_signal == 0;
     ctx.exit_code = st->exit_code;
     ctx.duration_ms = (long long)st->duration_ms;

@@ -159,7 +159,7 @@ static void finished_step(struct dsw_pipeline *p, int status)
     finished(p);
 }
 
-static int secs(int64_t ms) /* a duration as SQS seconds, capped at 12 h */
+static int sqs_seconds(int64_t ms) /* a duration as SQS seconds, capped at 12 h */
 {
     return (int)DSW_MIN(ms / 1000, SQS_MAX_VIS_MS / 1000);
 }
@@ -258,7 +258,7 @@ static void on_quarantined(int status, const char *message_id, void *arg)
         /* Keep the original: it comes back and is tried again, nothing is lost. */
         plog(DSW_LOG_ERROR, p, "quarantine_failed",
              "could not move the rejected message to the quarantine queue (%s)", strerror(-status));
-        set_visibility(p, secs(p->env->conf->runs.requeue_delay_ms), "quarantine_failed");
+        set_visibility(p, sqs_seconds(p->env->conf->runs.requeue_delay_ms), "quarantine_failed");
         return;
     }
     delete_message(p, "rejected");
@@ -396,7 +396,7 @@ static void act(struct dsw_pipeline *p);
 static void on_claimed(int status, const struct dsw_store_claim *claim, void *arg)
 {
     struct dsw_pipeline *p = arg;
-    int ttl_s = secs(p->env->conf->claims.ttl_ms);
+    int ttl_s = sqs_seconds(p->env->conf->claims.ttl_ms);
     if (status == 0) {
         p->token = claim->token;
         dsw_metrics_inc(DSW_METRIC_CLAIMS, "won", 1);
@@ -505,10 +505,10 @@ static void carry_out(struct dsw_pipeline *p)
         delete_message(p, "unexpected_status");
         return;
     case DSW_JOB_DEFER_OWNED:
-        set_visibility(p, secs(conf->claims.ttl_ms), "deferred_owned");
+        set_visibility(p, sqs_seconds(conf->claims.ttl_ms), "deferred_owned");
         return;
     case DSW_JOB_DEFER_QUEUED:
-        set_visibility(p, secs(conf->runs.requeue_delay_ms), "deferred_queued");
+        set_visibility(p, sqs_seconds(conf->runs.requeue_delay_ms), "deferred_queued");
         return;
     default:
         claim(p);

@@ -72,13 +72,13 @@ static void update_status(struct worker *w);
     for (struct dsw_pipeline *p = dsw_pipeline_next(&(w)->pl, NULL); p;                            \
          p = dsw_pipeline_next(&(w)->pl, p))
 
-static int secs(int64_t ms) /* a duration as SQS seconds, capped at 12 h */
+static int sqs_seconds(int64_t ms) /* a duration as SQS seconds, capped at 12 h */
 {
     return (int)DSW_MIN(ms / 1000, SQS_MAX_VIS_MS / 1000);
 }
 
 /* Stop with exit_code once what is in flight is finished. */
-static void fail(struct worker *w, int exit_code)
+static void stop_with(struct worker *w, int exit_code)
 {
     w->exit_code = exit_code;
     w->pl.draining = true;
@@ -135,7 +135,7 @@ static void on_received(int status, const struct dsw_sqs_message *msgs, size_t n
                  dsw_sqs_errclass_name(dsw_sqs_errclass(status)), strerror(-status),
                  (unsigned long long)w->receive_retry_ms);
         if (w->mode == DSW_WORKER_ONCE)
-            fail(w, 1);
+            stop_with(w, 1);
         else
             receive_later(w, w->receive_retry_ms);
         return;
@@ -188,8 +188,8 @@ static void maybe_receive(struct worker *w)
     if (free_slots <= 0)
         return;
     int max = w->mode == DSW_WORKER_ONCE ? 1 : DSW_MIN(free_slots, DSW_SQS_MAX_BATCH);
-    int rc = dsw_sqs_receive(w->cl.sqs, conf->queue.url, max, secs(conf->queue.wait_time_ms),
-                             secs(conf->queue.visibility_timeout_ms), on_received, w);
+    int rc = dsw_sqs_receive(w->cl.sqs, conf->queue.url, max, sqs_seconds(conf->queue.wait_time_ms),
+                             sqs_seconds(conf->queue.visibility_timeout_ms), on_received, w);
     if (rc) {
         dsw_error("cannot receive: %s", strerror(-rc));
         receive_later(w, RECEIVE_RETRY_MS);
@@ -404,7 +404,7 @@ static void on_db_state(struct dsw_db *db, bool up, void *arg)
     maybe_receive(w);
 }
 
-static void every(struct worker *w, int t, uv_timer_cb cb, int64_t ms)
+static void start_periodic(struct worker *w, int t, uv_timer_cb cb, int64_t ms)
 {
     uv_timer_start(&w->timers[t], cb, (uint64_t)ms, (uint64_t)ms);
 }
@@ -434,14 +434,14 @@ static void start_serving(struct worker *w)
     const struct dsw_conf *c = w->conf;
     w->started = true;
     if (dsw_heartbeat_start(&w->pl, w->mode != DSW_WORKER_EXEC, &w->hb)) {
-        fail(w, 1);
+        stop_with(w, 1);
         return;
     }
     if (w->mode == DSW_WORKER_RUN)
-        every(w, T_SWEEP, on_sweep_timer, c->claims.sweep_ms);
-    every(w, T_STATUS, on_status_timer, 1000);
+        start_periodic(w, T_SWEEP, on_sweep_timer, c->claims.sweep_ms);
+    start_periodic(w, T_STATUS, on_status_timer, 1000);
     if (announce_ready(w)) {
-        fail(w, 1);
+        stop_with(w, 1);
         return;
     }
     update_status(w);
@@ -461,7 +461,7 @@ static void exec_body(struct worker *w)
     bool too_big = false;
     if (fd < 0) {
         dsw_error("exec: cannot open %s: %s", w->exec_path, strerror(errno));
-        fail(w, 1);
+        stop_with(w, 1);
         return;
     }
     dsw_buf_init(&b, cap);
@@ -494,7 +494,7 @@ static void on_schema(int status, const struct dsw_store_schema *res, void *arg)
                       DSW_STORE_SCHEMA_VERSION);
         else
             dsw_error("cannot check the dagster_sqs_worker schema: %s", strerror(-status));
-        fail(w, version ? EXIT_CONFIG : EXIT_UNAVAILABLE);
+        stop_with(w, version ? EXIT_CONFIG : EXIT_UNAVAILABLE);
         return;
     }
     if (w->mode != DSW_WORKER_EXEC) {
@@ -520,7 +520,7 @@ static void on_db_give_up(uv_timer_t *t)
     uv_timer_stop(t);
     dsw_error("PostgreSQL unreachable for %lld s: giving up",
               (long long)(w->conf->postgres.connect_timeout_ms / 1000));
-    fail(w, EXIT_UNAVAILABLE);
+    stop_with(w, EXIT_UNAVAILABLE);
 }
 
 /* The loop's own handles: every timer and signal watcher, each checked. */
@@ -624,7 +624,7 @@ int dsw_worker_main(const struct dsw_conf *conf, enum dsw_worker_mode mode, cons
     }
     int failed = start(w);
     if (failed)
-        fail(w, failed);
+        stop_with(w, failed);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     int exit_code = w->exit_code;
     rc = uv_loop_close(&w->loop);
