@@ -3,15 +3,20 @@
  * visible again as soon as its claim resolves, one run finishes on its own, the other is
  * terminated at runs.drain_timeout, both outcomes are recorded and the daemon exits 0. A second
  * SIGTERM skips the wait. A drain also ends within its bounds when the queue endpoint is dead
- * (a closed port) or answers nothing (a listener that never accepts). Runs in a database of its
+ * (a closed port) or answers nothing (a listener that never accepts), and when the queue hangs
+ * while a run is in flight (the final delete is bounded). Runs in a database of its
  * own (it looks at pg_stat_activity). */
 #include "testutil.h"
 
+#include "dsw/pipeline.h"
 #include "dsw/util.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,12 +192,124 @@ static void test_drain_queue_unreachable(void **state)
     }
 }
 
+/* A forwarder to the queue server that can go silent: from then on it forwards nothing either
+ * way and answers nothing, but keeps every connection open (a queue endpoint that hangs). */
+#define FW_MAX 32
+static struct {
+    int lfd, target, n;
+    int fd[2 * FW_MAX]; /* pairs: fd[2k] from the daemon, fd[2k + 1] to the server */
+    atomic_bool silent, stop;
+    pthread_t thread;
+} fw;
+
+static void fw_accept(void)
+{
+    int c = accept(fw.lfd, NULL, NULL), t = -1;
+    if (c < 0)
+        return;
+    if (!atomic_load(&fw.silent) && fw.n < 2 * FW_MAX) {
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                                .sin_port = htons((uint16_t)fw.target)};
+        t = socket(AF_INET, SOCK_STREAM, 0);
+        if (t >= 0 && connect(t, (struct sockaddr *)&a, sizeof(a)) == 0) {
+            fw.fd[fw.n++] = c;
+            fw.fd[fw.n++] = t;
+            return;
+        }
+    }
+    if (t >= 0)
+        close(t);
+    if (!atomic_load(&fw.silent))
+        close(c); /* silent: c is leaked on purpose, open and unanswered until the test ends */
+}
+
+static void *fw_main(void *arg)
+{
+    char buf[65536];
+    while (!atomic_load(&fw.stop)) {
+        struct pollfd p[1 + 2 * FW_MAX] = {{.fd = fw.lfd, .events = POLLIN}};
+        int n = atomic_load(&fw.silent) ? 0 : fw.n;
+        for (int i = 0; i < n; i++)
+            p[1 + i] = (struct pollfd){.fd = fw.fd[i], .events = POLLIN};
+        if (poll(p, (nfds_t)(1 + n), 50) <= 0)
+            continue;
+        if (p[0].revents)
+            fw_accept();
+        for (int i = 0; i < n && !atomic_load(&fw.silent); i++) {
+            if (!p[1 + i].revents)
+                continue;
+            ssize_t k = read(fw.fd[i], buf, sizeof(buf));
+            if (k > 0 && write(fw.fd[i ^ 1], buf, (size_t)k) == k)
+                continue;
+            shutdown(fw.fd[i ^ 1], SHUT_RDWR); /* one side closed: close the other (kept) */
+        }
+    }
+    return arg;
+}
+
+static int fw_start(const char *endpoint)
+{
+    const char *colon = strrchr(endpoint, ':');
+    assert_non_null(colon);
+    fw.target = atoi(colon + 1);
+    fw.n = 0;
+    atomic_store(&fw.silent, false);
+    atomic_store(&fw.stop, false);
+    int port = loopback_port(true, &fw.lfd);
+    assert_int_equal(pthread_create(&fw.thread, NULL, fw_main, NULL), 0);
+    return port;
+}
+
+static void fw_stop(void)
+{
+    atomic_store(&fw.stop, true);
+    pthread_join(fw.thread, NULL);
+    for (int i = 0; i < fw.n; i++)
+        close(fw.fd[i]);
+    close(fw.lfd);
+}
+
+/* The queue hangs while a run is in flight and SIGTERM arrives: the run finishes and is
+ * recorded, the delete that follows gets DSW_PIPELINE_FINAL_CALL_MS (the HTTP client alone
+ * would wait 15 s an attempt, five attempts), the receive in flight wait_time + 2 s; then the
+ * daemon exits 0. The message stays in the queue: its next delivery finds the run finished. */
+static void test_drain_bounds_final_calls(void **state)
+{
+    char id[37];
+    int port = fw_start(q.endpoint);
+    tu_env_set(&env, "DSW_QUEUE_ENDPOINT", "http://127.0.0.1:%d", port);
+    tu_env_set(&env, "DSW_RUNS_DRAIN_TIMEOUT", "10s");
+    tu_run_new(id, "STARTING", "sleep:2");
+    send_run(id);
+    struct tu_daemon *d = tu_daemon_start(&env, (const char *const[]){"run", NULL});
+    assert_true(tu_wait_status(id, "STARTED", WAIT_MS));
+    atomic_store(&fw.silent, true);
+    uint64_t t0 = dsw_now_ms();
+    tu_daemon_signal(d, SIGTERM);
+    int rc = tu_daemon_wait(d, 2000 + DSW_PIPELINE_FINAL_CALL_MS + 15000);
+    uint64_t took = dsw_now_ms() - t0;
+    fprintf(stderr,
+            "drain with the queue hanging: exit %d after %llu ms (final call bound %d ms)\n", rc,
+            (unsigned long long)took, DSW_PIPELINE_FINAL_CALL_MS);
+    if (rc != 0)
+        tu_daemons_dump();
+    fw_stop();
+    assert_int_equal(rc, 0);
+    assert_true(took < 2000 + DSW_PIPELINE_FINAL_CALL_MS + 4000);
+    assert_true(tu_eq_free(tu_run_status(id), "SUCCESS"));
+    assert_true(tu_eq_free(tu_claim_col(id, "state"), "done"));
+    assert_true(tu_daemon_log_has(d, "giving up on the message"));
+    assert_false(tu_queue_empty(&q));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_second_sigterm_skips_the_wait, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain_queue_unreachable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drain_bounds_final_calls, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
