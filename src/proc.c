@@ -1,7 +1,8 @@
 /* proc: one supervised child per run. uv_spawn (never a shell) of `<trampoline> __exec-child
  * <our pid> argv...` in a new session, so pgid == pid and the leader can never leave its group;
- * line-capped, rate-capped reading of stdout/stderr; timeout/terminate escalation on the group;
- * an exit report that fires once, after both pipes are drained. */
+ * the trampoline stays as the run's supervisor (trampoline.h); line-capped, rate-capped reading
+ * of stdout/stderr; timeout/terminate escalation; an exit report that fires once, after both
+ * pipes are drained. Also the reaper of stray children when we are PID 1 or a subreaper. */
 #include "dsw/proc.h"
 
 #include "dsw/log.h"
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define RBUF_SIZE      (32 * 1024)
@@ -21,7 +23,8 @@
 #define PROC_HANDLES   6 /* process, kill timer, drop timer, three pipes */
 #define RATE_WINDOW_MS 1000
 
-enum phase { PH_RUN, PH_GRACE, PH_DRAIN };
+/* PH_KILL: the supervisor was asked to SIGKILL the tree; the timer is the fallback. */
+enum phase { PH_RUN, PH_GRACE, PH_KILL, PH_DRAIN };
 
 struct stream {
     uv_pipe_t pipe;
@@ -52,11 +55,37 @@ struct dsw_proc {
     void *arg;
     struct dsw_proc_exit st;
     int terminating, exited, reported, closing, handles_closing, open_handles;
-    int in_open;   /* stdin pipe created and not written yet */
-    int in_closed; /* uv_close called on the stdin pipe */
+    int supervised; /* started through the trampoline, which supervises the tree */
+    int kill_asked; /* DSW_TRAMPOLINE_KILL_SIGNAL sent to the supervisor */
+    struct dsw_proc *live_prev, *live_next; /* spawned, not reaped yet (see is_tracked) */
+    int in_open;                            /* stdin pipe created and not written yet */
+    int in_closed;                          /* uv_close called on the stdin pipe */
     dsw_proc_close_cb close_cb;
     void *close_arg;
 };
+
+/* Every child spawned here that libuv has not reaped yet, across loops: the stray reaper must
+ * never take their exit status. */
+static struct dsw_proc *live;
+
+static void live_add(struct dsw_proc *p)
+{
+    p->live_next = live;
+    if (live)
+        live->live_prev = p;
+    live = p;
+}
+
+static void live_remove(struct dsw_proc *p)
+{
+    if (p->live_prev)
+        p->live_prev->live_next = p->live_next;
+    else if (live == p)
+        live = p->live_next;
+    if (p->live_next)
+        p->live_next->live_prev = p->live_prev;
+    p->live_prev = p->live_next = NULL;
+}
 
 const char *const dsw_proc_env_default_allow[] = {
     "PATH", "HOME", "LANG", "LC_*", "TZ", "DAGSTER_*", "PYTHON*", NULL,
@@ -240,11 +269,29 @@ static void on_read(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
     maybe_report(p);
 }
 
+static void on_kill_timer(uv_timer_t *t);
+
+/* SIGKILL the run. Through the trampoline: ask the supervisor, which SIGKILLs the whole tree
+ * (also what left the group), reaps it and dies of the worker's SIGKILL; SIGKILL to the group
+ * only if it does not end within DSW_PROC_KILL_FALLBACK_MS (it is stopped, say). */
 static void kill_now(struct dsw_proc *p)
 {
     uv_timer_stop(&p->kill_timer);
     p->st.sigkilled = 1;
-    signal_group(p, SIGKILL);
+    if (!p->supervised) {
+        signal_group(p, SIGKILL);
+        return;
+    }
+    if (kill(p->st.pid, DSW_TRAMPOLINE_KILL_SIGNAL) != 0) {
+        if (errno != ESRCH)
+            dsw_warn("proc: kill(%d, %d): %s", p->st.pid, DSW_TRAMPOLINE_KILL_SIGNAL,
+                     strerror(errno));
+        signal_group(p, SIGKILL);
+        return;
+    }
+    p->kill_asked = 1;
+    p->phase = PH_KILL;
+    uv_timer_start(&p->kill_timer, on_kill_timer, DSW_PROC_KILL_FALLBACK_MS, 0);
 }
 
 static void on_kill_timer(uv_timer_t *t)
@@ -256,6 +303,14 @@ static void on_kill_timer(uv_timer_t *t)
         break;
     case PH_GRACE:
         kill_now(p);
+        break;
+    case PH_KILL:
+        /* Not reaped yet, so its pid and its children's are still theirs. */
+        dsw_warn("proc: child %d still runs %d ms after the kill request; SIGKILL to it and "
+                 "its children",
+                 p->st.pid, DSW_PROC_KILL_FALLBACK_MS);
+        dsw_trampoline_signal_children(p->st.pid, SIGKILL, 1);
+        signal_group(p, SIGKILL);
         break;
     case PH_DRAIN:
         /* Something outside the group still holds a pipe: stop waiting for it. */
@@ -271,12 +326,18 @@ static void on_proc_exit(uv_process_t *h, int64_t status, int sig)
 {
     struct dsw_proc *p = h->data;
     p->exited = 1;
+    live_remove(p);
+    /* The supervisor died of our kill request itself: it came before the supervisor blocked the
+     * signal (just after its exec), so before any worker existed. We did SIGKILL the run. */
+    if (p->kill_asked && sig == DSW_TRAMPOLINE_KILL_SIGNAL)
+        sig = SIGKILL;
     p->st.exit_code = sig ? -1 : (int)status;
     p->st.term_signal = sig;
     p->st.duration_ms = dsw_now_ms() - p->start_ms;
     uv_timer_stop(&p->kill_timer);
     /* Nothing of the run's group outlives the run (its leader, now reaped, kept the id until
-     * here, so the group can only hold the run's own leftovers). */
+     * here, so the group can only hold the run's own leftovers). Through the trampoline the
+     * supervisor has already killed and reaped its whole tree; this is for direct children. */
     if (kill(-p->st.pid, SIGKILL) != 0 && errno != ESRCH)
         dsw_warn("proc: kill(-%d): %s", p->st.pid, strerror(errno));
     p->phase = PH_DRAIN;
@@ -492,6 +553,8 @@ int dsw_proc_spawn(uv_loop_t *loop, const struct dsw_proc_opts *o, struct dsw_pr
         return rc;
     }
     p->st.pid = uv_process_get_pid(&p->proc);
+    p->supervised = !o->direct;
+    live_add(p);
     p->in_open = o->stdin_pipe;
     if (o->timeout_ms)
         uv_timer_start(&p->kill_timer, on_kill_timer, o->timeout_ms, 0);
@@ -574,8 +637,159 @@ void dsw_proc_env_free(char **env)
     free(env);
 }
 
-/* Descriptors a library opened without O_CLOEXEC (sockets of curl, say) must not reach the run
- * worker: it would hold our connections open. */
+/* ---- strays: PID 1's duty ------------------------------------------------------------------ */
+
+/* Orphans are reparented to us when we are PID 1 (a container) or a subreaper; nobody else
+ * reaps them. libuv reaps only its own children, each with waitpid(its pid), from its own
+ * SIGCHLD handle, and aborts the loop's bookkeeping for one whose status someone else took. So
+ * we peek (WNOWAIT) at the first exited child, reap it by pid only when it is nobody's we know,
+ * and stop at the first one that libuv will reap: the kernel's order may put strays behind it,
+ * so we look again on the next loop turn, once libuv's handler (same turn, before or after
+ * ours) has taken it. */
+
+struct reaper {
+    uv_loop_t *loop;
+    uv_signal_t sig;
+    uv_timer_t retry;
+    unsigned deferred; /* consecutive sweeps that stopped at a child of libuv's */
+    int open;          /* handles not closed yet */
+};
+
+static struct reaper *reaper;
+static uint64_t strays_reaped;
+
+struct find_pid {
+    int pid, found;
+};
+
+static void find_process(uv_handle_t *h, void *arg)
+{
+    struct find_pid *f = arg;
+    if (h->type == UV_PROCESS && uv_is_active(h) &&
+        uv_process_get_pid((const uv_process_t *)h) == f->pid)
+        f->found = 1;
+}
+
+/* Will libuv reap pid? Ours (any loop) until their exit callback, and any active process handle
+ * of loop (a uv_spawn outside this module). */
+static int is_tracked(uv_loop_t *loop, int pid)
+{
+    for (const struct dsw_proc *q = live; q; q = q->live_next)
+        if (q->st.pid == pid)
+            return 1;
+    struct find_pid f = {pid, 0};
+    if (loop)
+        uv_walk(loop, find_process, &f);
+    return f.found;
+}
+
+int dsw_proc_reap_strays(uv_loop_t *loop, int *deferred)
+{
+    int n = 0;
+    if (deferred)
+        *deferred = 0;
+    for (;;) {
+        siginfo_t si;
+        memset(&si, 0, sizeof(si));
+        if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid == 0)
+            break; /* ECHILD: no child at all; 0: none has exited */
+        if (is_tracked(loop, si.si_pid)) {
+            if (deferred)
+                *deferred = 1;
+            break;
+        }
+        int st = 0;
+        if (waitpid(si.si_pid, &st, WNOHANG) != si.si_pid)
+            break;
+        n++;
+        strays_reaped++;
+        if (WIFSIGNALED(st))
+            dsw_debug("reaped stray process %d (signal %d)", (int)si.si_pid, WTERMSIG(st));
+        else
+            dsw_debug("reaped stray process %d (exit %d)", (int)si.si_pid, WEXITSTATUS(st));
+    }
+    return n;
+}
+
+uint64_t dsw_proc_strays_reaped(void)
+{
+    return strays_reaped;
+}
+
+static void on_reaper_retry(uv_timer_t *t);
+
+static void reaper_sweep(struct reaper *r, int from_timer)
+{
+    int deferred = 0;
+    dsw_proc_reap_strays(r->loop, &deferred);
+    if (!deferred) {
+        r->deferred = 0;
+        uv_timer_stop(&r->retry);
+        return;
+    }
+    /* From the signal: next turn. From the timer: libuv's child is still a zombie, so its
+     * SIGCHLD is on the way (and brings us back); a slow poll only in case it never comes. */
+    r->deferred++;
+    uint64_t ms = !from_timer ? 0 : r->deferred < 20 ? 50 : 1000;
+    uv_timer_start(&r->retry, on_reaper_retry, ms, 0);
+}
+
+static void on_reaper_signal(uv_signal_t *s, int signum)
+{
+    reaper_sweep(s->data, 0);
+}
+
+static void on_reaper_retry(uv_timer_t *t)
+{
+    reaper_sweep(t->data, 1);
+}
+
+static void on_reaper_closed(uv_handle_t *h)
+{
+    struct reaper *r = h->data;
+    if (--r->open == 0)
+        free(r);
+}
+
+int dsw_proc_reaper_start(uv_loop_t *loop, int force)
+{
+    int sub = 0;
+    if (reaper)
+        return -EALREADY;
+    if (!force && getpid() != 1 &&
+        (prctl(PR_GET_CHILD_SUBREAPER, (unsigned long)&sub, 0, 0, 0) != 0 || !sub))
+        return 0;
+    struct reaper *r = dsw_xcalloc(1, sizeof(*r));
+    r->loop = loop;
+    r->open = 2;
+    uv_signal_init(loop, &r->sig);
+    r->sig.data = r;
+    uv_timer_init(loop, &r->retry);
+    r->retry.data = r;
+    int rc = uv_signal_start(&r->sig, on_reaper_signal, SIGCHLD);
+    if (rc) {
+        uv_close((uv_handle_t *)&r->sig, on_reaper_closed);
+        uv_close((uv_handle_t *)&r->retry, on_reaper_closed);
+        return rc;
+    }
+    reaper = r;
+    if (!force)
+        dsw_info("%s: reaping stray child processes",
+                 getpid() == 1 ? "running as PID 1" : "child subreaper");
+    reaper_sweep(r, 0); /* what was left before we started */
+    return 1;
+}
+
+void dsw_proc_reaper_stop(void)
+{
+    struct reaper *r = reaper;
+    if (!r)
+        return;
+    reaper = NULL;
+    uv_close((uv_handle_t *)&r->sig, on_reaper_closed);
+    uv_close((uv_handle_t *)&r->retry, on_reaper_closed);
+}
+
 /* ---- trampoline: see trampoline.c --------------------------------------------------------- */
 
 int dsw_proc_trampoline_main(int argc, char **argv)

@@ -1,18 +1,23 @@
-/* proc: spawn and supervise one child process (one Dagster run worker). The child leads its own
- * session and process group, is started through a PR_SET_PDEATHSIG trampoline (a re-exec of our
- * own binary), gets only the environment it is given, and has its stdout/stderr read line by line
- * under a per-line and per-second cap. Timeouts and terminate() signal the whole group: SIGTERM,
- * then SIGKILL after a grace period. Everything runs on the caller's libuv loop; no SIGCHLD
- * handler of our own (libuv reaps).
+/* proc: spawn and supervise one child process (one Dagster run worker). The child is started
+ * through the trampoline (trampoline.h: dsw-exec, or a re-exec of our own binary), which leads
+ * its own session and process group, stays alive as the run's supervisor and runs the command
+ * in a group of its own; it gets only the environment it is given, and its stdout/stderr are
+ * read line by line under a per-line and per-second cap. Timeouts and terminate() send SIGTERM
+ * (forwarded by the supervisor to the command's group), then, after a grace period, ask the
+ * supervisor to SIGKILL the whole tree. Everything runs on the caller's libuv loop; libuv reaps
+ * our children (see dsw_proc_reaper_start for the children nobody else reaps).
  *
- * What keeps a run's processes from outliving it:
- * - every path that ends a run (exit, timeout, terminate, close, hence drain) ends with SIGKILL to
- *   the whole group, so nothing left in the group survives the run;
- * - if the daemon dies (even by SIGKILL) the kernel SIGKILLs the direct child (PDEATHSIG, set by
- *   the trampoline before exec; it follows the thread that spawned, so spawn from the loop thread
- *   of the main thread). The child's own children are not reached by that: under systemd,
- *   KillMode=mixed kills what is left in the unit's cgroup once the main process is gone. That
- *   cgroup is also the only thing that catches a process that left the group (setsid). */
+ * What keeps a run's processes from outliving it (with or without systemd):
+ * - the supervisor is a child subreaper: whatever the run orphans, even through setsid() and
+ *   double forks, is reparented to it; when the command exits, for any reason, it SIGKILLs and
+ *   reaps everything left before it exits itself, so the exit report means the tree is gone;
+ * - if the daemon dies (even by SIGKILL) the supervisor learns it at once (PR_SET_PDEATHSIG,
+ *   which follows the thread that spawned, so spawn from the loop of the main thread; and
+ *   getppid() once a second) and kills the tree the same way;
+ * - the command itself dies with the supervisor (PR_SET_PDEATHSIG(SIGKILL)), and a supervisor
+ *   that does not end within DSW_PROC_KILL_FALLBACK_MS of a kill request is SIGKILLed with its
+ *   children's groups;
+ * - direct children (opts.direct) get SIGKILL to their group when they exit, and nothing more. */
 #ifndef DSW_PROC_H
 #define DSW_PROC_H
 
@@ -32,6 +37,8 @@
 #define DSW_PROC_DEFAULT_LINE_MAX      4096
 #define DSW_PROC_DEFAULT_LINES_PER_SEC 1000
 #define DSW_PROC_DEFAULT_DRAIN_MS      2000
+/* After asking the supervisor to kill the tree, how long before we SIGKILL it ourselves. */
+#define DSW_PROC_KILL_FALLBACK_MS 2000
 
 struct dsw_proc;
 
@@ -87,7 +94,8 @@ struct dsw_proc_opts {
     /* Executable that understands DSW_PROC_TRAMPOLINE_ARG (the daemon itself); NULL means
      * DSW_PROC_TRAMPOLINE_SELF. */
     const char *trampoline;
-    /* Exec argv directly without the trampoline (no PDEATHSIG): for tools and tests only. */
+    /* Exec argv directly without the trampoline (no supervisor, no PDEATHSIG): for tools and
+     * tests only. */
     int direct;
     uint64_t timeout_ms;    /* 0: no timeout; else DSW_PROC_TIMEOUT escalation after this */
     uint64_t kill_grace_ms; /* SIGTERM to SIGKILL delay; 0: SIGKILL at once */
@@ -115,14 +123,14 @@ struct dsw_proc_hooks {
     void *arg;
 };
 
-/* Spawn opts->argv in a new session/process group (pgid == pid) with stdin on /dev/null (or a
- * pipe, opts->stdin_pipe) and
- * stdout/stderr on pipes, on loop. opts and its strings are only read during the call. On success
- * *out is a live object that the caller must eventually pass to dsw_proc_close (after or before the
- * exit callback). Errors: -EINVAL (no argv), or uv_spawn's (-ENOENT, -EACCES... for the
- * trampoline); *out is then NULL, no callback fires, and the internal handles are freed on a later
- * loop turn. A command that cannot be executed is reported by the exit callback as exit code 127
- * (126 when not executable), with the reason on stderr. */
+/* Spawn the trampoline (the run's supervisor) in a new session/process group (pgid == pid),
+ * which runs opts->argv in a process group of its own, with stdin on /dev/null (or a pipe,
+ * opts->stdin_pipe) and stdout/stderr on pipes, on loop. opts and its strings are only read during
+ * the call. On success *out is a live object that the caller must eventually pass to dsw_proc_close
+ * (after or before the exit callback). Errors: -EINVAL (no argv), or uv_spawn's (-ENOENT,
+ * -EACCES... for the trampoline); *out is then NULL, no callback fires, and the internal handles
+ * are freed on a later loop turn. A command that cannot be executed is reported by the exit
+ * callback as exit code 127 (126 when not executable), with the reason on stderr. */
 int dsw_proc_spawn(uv_loop_t *loop, const struct dsw_proc_opts *opts,
                    struct dsw_proc **out) DSW_WUR;
 
@@ -144,18 +152,20 @@ int dsw_proc_stdin_write(struct dsw_proc *p, const void *data, size_t len) DSW_W
  * unchanged. h is only read during the call. */
 int dsw_proc_adopt(struct dsw_proc *p, const struct dsw_proc_hooks *h) DSW_WUR;
 
-/* Pid of the child, which is also its process group id. */
+/* Pid of the child (the supervisor; the command itself with opts.direct), which is also its
+ * process group id. */
 int dsw_proc_pid(const struct dsw_proc *p);
 
 /* Nonzero once the exit callback has fired. */
 int dsw_proc_exited(const struct dsw_proc *p);
 
-/* SIGTERM to the child's group now, SIGKILL to the group after opts.kill_grace_ms (at once when
- * it is 0). reason is reported by the exit callback unless an earlier reason was recorded.
- * Idempotent: a second call never restarts the grace period. No-op after the child exited. */
+/* SIGTERM to the child's group now (the supervisor forwards it to the command's group), then
+ * after opts.kill_grace_ms (at once when it is 0) SIGKILL to the whole tree (see kill_now). reason
+ * is reported by the exit callback unless an earlier reason was recorded. Idempotent: a second call
+ * never restarts the grace period. No-op after the child exited. */
 void dsw_proc_terminate(struct dsw_proc *p, enum dsw_proc_reason reason);
 
-/* Release p. If the child still runs, SIGKILL its group (reason DSW_PROC_CLOSED); the exit
+/* Release p. If the child still runs, SIGKILL its tree (reason DSW_PROC_CLOSED); the exit
  * callback still fires (once) before cb. Then every handle is closed and p is freed; cb (may be
  * NULL) fires from the loop afterwards. Call exactly once; safe from any proc callback. */
 void dsw_proc_close(struct dsw_proc *p, dsw_proc_close_cb cb, void *arg);
@@ -173,11 +183,25 @@ int dsw_proc_env_build(const char *const *base, const char *const *allow, const 
                        char ***out) DSW_WUR;
 void dsw_proc_env_free(char **env);
 
-/* Body of the hidden trampoline: argv = {self, DSW_PROC_TRAMPOLINE_ARG, parent-pid, cmd...}.
- * Sets PR_SET_PDEATHSIG(SIGKILL), exits 127 if the parent is already gone, closes every
- * descriptor above 2, then execvp(cmd) (PATH from the environment uv_spawn gave it).
- * Returns only on failure (127 not found / bad usage, 126 other exec errors); main() returns
- * that value. Must run before any other initialisation of the program. */
+/* Body of the hidden trampoline: argv = {self, DSW_PROC_TRAMPOLINE_ARG, parent-pid, cmd...};
+ * dsw_trampoline_main (trampoline.h): supervises cmd and ends as cmd ended. main() returns
+ * what it returns. Must run before any other initialisation of the program. */
 int dsw_proc_trampoline_main(int argc, char **argv);
+
+/* ---- strays ----
+ * When we are PID 1 (a container without an init) or a child subreaper, orphaned processes are
+ * reparented to us and only we can reap them. dsw_proc_reaper_start watches SIGCHLD on loop
+ * (beside libuv's own handler) and reaps every exited child that is not one libuv will reap
+ * (our dsw_proc children on any loop, and any active uv_process_t of loop), so that no status
+ * is ever taken from libuv. Returns 1 when reaping, 0 when not needed (neither PID 1 nor a
+ * subreaper; force reaps anyway, for tests), -EALREADY when already started, or uv's error.
+ * dsw_proc_reaper_stop closes its handles (on the loop's next turn); safe when not started. */
+int dsw_proc_reaper_start(uv_loop_t *loop, int force);
+void dsw_proc_reaper_stop(void);
+/* One sweep, as the SIGCHLD handle does: reap exited children that are nobody's, stop at the
+ * first one libuv will reap (*deferred = 1, may be NULL). Returns how many were reaped. */
+int dsw_proc_reap_strays(uv_loop_t *loop, int *deferred);
+/* Strays reaped by this process so far. */
+uint64_t dsw_proc_strays_reaped(void);
 
 #endif

@@ -1,6 +1,7 @@
-/* proc: exit reports, signals, group kill escalation, output line/rate caps, PDEATHSIG through
- * the trampoline, the environment filter. The test binary doubles as the child (`--child MODE`)
- * and as the trampoline (`__exec-child`), as libuv's own tests do; no shell anywhere. */
+/* proc: exit reports, signals, kill escalation, output line/rate caps, the trampoline as the
+ * run's supervisor (containment, forwarding, exit statuses, daemon death), the stray reaper,
+ * the environment filter. The test binary doubles as the child (`--child MODE`) and as the
+ * trampoline (`__exec-child`), as libuv's own tests do; no shell anywhere. */
 #include "testutil.h"
 
 #include "dsw/buf.h"
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -83,6 +85,57 @@ static int child_escape(void)
     return 0;
 }
 
+/* A grandchild that setsid()s and double-forks (its middle process exits at once, so the last
+ * one is an orphan reparented to the nearest subreaper), then idles. Prints "tree <self> <it>". */
+static int child_tree(void)
+{
+    int fds[2];
+    pid_t it = 0;
+    if (pipe(fds) != 0)
+        return 98;
+    pid_t g = fork();
+    if (g == 0) {
+        setsid();
+        pid_t h = fork();
+        if (h == 0) {
+            pid_t me = getpid();
+            if (write(fds[1], &me, sizeof(me)) != sizeof(me))
+                _exit(1);
+            idle();
+        }
+        _exit(h > 0 ? 0 : 1);
+    }
+    if (g < 0 || read(fds[0], &it, sizeof(it)) != sizeof(it))
+        return 98;
+    waitpid(g, NULL, 0);
+    printf("tree %ld %ld\n", (long)getpid(), (long)it);
+    fflush(stdout);
+    idle();
+    return 0;
+}
+
+static void on_trap(int sig)
+{
+    char line[16];
+    int n = snprintf(line, sizeof(line), "sig %d\n", sig);
+    if (write(1, line, (size_t)n) != n)
+        _exit(97);
+    if (sig == SIGTERM)
+        _exit(40);
+}
+
+/* Report each of HUP/INT/QUIT/TERM once per delivery; exit 40 on TERM. */
+static int child_traps(void)
+{
+    static const int sigs[] = {SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    for (size_t i = 0; i < DSW_ARRAY_LEN(sigs); i++)
+        signal(sigs[i], on_trap);
+    printf("ready 1\n");
+    fflush(stdout);
+    idle();
+    return 0;
+}
+
 /* Read stdin to EOF; print how many bytes and a checksum of them. */
 static int child_stdin(void)
 {
@@ -103,6 +156,17 @@ static int child_main(int argc, char **argv)
         return atoi(argv[1]);
     if (!strcmp(mode, "sigkill"))
         raise(SIGKILL);
+    if (!strcmp(mode, "raise")) {
+        struct rlimit none = {0, 0};
+        setrlimit(RLIMIT_CORE, &none); /* SIGQUIT and SIGABRT leave no core file */
+        signal(atoi(argv[1]), SIG_DFL);
+        raise(atoi(argv[1]));
+        return 98;
+    }
+    if (!strcmp(mode, "tree"))
+        return child_tree();
+    if (!strcmp(mode, "traps"))
+        return child_traps();
     if (!strcmp(mode, "sleep"))
         idle();
     if (!strcmp(mode, "hello")) {
@@ -423,7 +487,16 @@ static void test_timeout(void **state)
     run_free(&r);
 }
 
-/* Ignores SIGTERM and leaves a grandchild: the escalation must SIGKILL the whole group. */
+/* Gone for good: not even a zombie of ours (the supervisor reaps what it kills). */
+static void assert_gone(pid_t pid)
+{
+    errno = 0;
+    if (kill(pid, 0) == 0 || errno != ESRCH)
+        fail_msg("process %ld still exists", (long)pid);
+}
+
+/* Ignores SIGTERM and leaves a grandchild: the escalation must SIGKILL the whole tree, and the
+ * report comes only once all of it is gone. */
 static void escalate(uint64_t timeout_ms, enum dsw_proc_reason want)
 {
     uv_loop_t loop;
@@ -438,7 +511,10 @@ static void escalate(uint64_t timeout_ms, enum dsw_proc_reason want)
     int pgid = dsw_proc_pid(r.p);
     assert_true(tu_run_until(&loop, has_ready, &r, 10000));
     assert_true(r.ready > 0);
-    assert_int_equal(getpgid((pid_t)r.ready), pgid);
+    /* In the command's group (not the supervisor's), in the supervisor's session. */
+    pid_t group = getpgid((pid_t)r.ready);
+    assert_true(group > 0 && group != pgid);
+    assert_int_equal(getsid((pid_t)r.ready), pgid);
     if (want == DSW_PROC_TERMINATE) {
         dsw_proc_terminate(r.p, DSW_PROC_TERMINATE);
         dsw_proc_terminate(r.p, DSW_PROC_TIMEOUT); /* neither restarts the grace nor the reason */
@@ -449,11 +525,9 @@ static void escalate(uint64_t timeout_ms, enum dsw_proc_reason want)
     assert_int_equal(r.st.killed, want);
     assert_int_equal(r.st.sigkilled, 1);
     assert_true(r.st.duration_ms >= 290);
-    int st = reap_within((pid_t)r.ready, 5000);
-    assert_true(st == -1 || (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL));
-    errno = 0;
-    assert_int_equal(kill(-pgid, 0), -1);
-    assert_int_equal(errno, ESRCH);
+    assert_gone((pid_t)r.ready);
+    assert_gone(-group);
+    assert_gone(-pgid);
     run_free(&r);
 }
 
@@ -488,14 +562,13 @@ static void test_close_while_running(void **state)
     assert_int_equal(r.st.term_signal, SIGKILL);
     assert_int_equal(r.st.killed, DSW_PROC_CLOSED);
     assert_true(r.st.duration_ms < 10000);
-    reap_within((pid_t)r.ready, 5000);
-    errno = 0;
-    assert_int_equal(kill(-pgid, 0), -1);
-    assert_int_equal(errno, ESRCH);
+    assert_gone((pid_t)r.ready);
+    assert_gone(-pgid);
     run_free(&r);
 }
 
-/* A grandchild that left the group holds stdout: the report still comes after drain_ms. */
+/* A grandchild that left the group holds stdout: the report still comes after drain_ms. Only a
+ * direct child can leave one behind (through the trampoline, see test_escape_contained). */
 static void test_drain_cap(void **state)
 {
     uv_loop_t loop;
@@ -504,6 +577,7 @@ static void test_drain_cap(void **state)
     const char *argv[] = {self, "--child", "escape", NULL};
     assert_int_equal(uv_loop_init(&loop), 0);
     run_init(&r, &o, argv);
+    o.direct = 1;
     o.drain_ms = 200;
     uint64_t t0 = uv_hrtime();
     run_all(&loop, &r, &o);
@@ -513,6 +587,28 @@ static void test_drain_cap(void **state)
     assert_true(r.ready > 0);
     assert_int_equal(kill((pid_t)r.ready, SIGKILL), 0);
     reap_within((pid_t)r.ready, 5000);
+    run_free(&r);
+}
+
+/* Through the trampoline the same escaped grandchild (setsid, holding stdout) is killed and
+ * reaped by the supervisor as soon as the command exits: no drain wait, nothing left. */
+static void test_escape_contained(void **state)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "escape", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    o.drain_ms = 10000;
+    uint64_t t0 = uv_hrtime();
+    run_all(&loop, &r, &o);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    assert_int_equal(r.st.exit_code, 0);
+    assert_true(r.ready > 0);
+    assert_true(ms < 8000);
+    assert_gone((pid_t)r.ready);
+    assert_non_null(strstr(dsw_buf_str(&r.out), "E:dagster-sqs-worker: killed 1 process(es)"));
     run_free(&r);
 }
 
@@ -528,7 +624,11 @@ static void test_group_and_cwd(void **state)
     run_init(&r, &o, argv);
     o.cwd = dir;
     run_all(&loop, &r, &o);
-    snprintf(want, sizeof(want), "O:%d %d %d %s\n", r.st.pid, r.st.pid, r.st.pid, dir);
+    /* The command leads a group of its own in the supervisor's session (sid == our child). */
+    long pid = 0, pgrp = 0, sid = 0;
+    assert_int_equal(sscanf(dsw_buf_str(&r.out), "O:%ld %ld %ld", &pid, &pgrp, &sid), 3);
+    assert_true(pid != r.st.pid);
+    snprintf(want, sizeof(want), "O:%ld %ld %d %s\n", pid, pid, r.st.pid, dir);
     assert_string_equal(dsw_buf_str(&r.out), want);
     tu_rm_rf(dir);
     free(dir);
@@ -603,17 +703,22 @@ static void test_trampoline_parent_check(void **state)
     run_free(&r);
 }
 
-/* In the forked "daemon": tell the test the child's pid once the real command runs. */
+/* In the forked "daemon": tell the test the pids of the supervisor, the command and its escaped
+ * grandchild once the command runs. */
 static void mid_line(struct dsw_proc *p, enum dsw_proc_stream s, const char *line, size_t len,
                      int truncated, void *arg)
 {
-    int pid = dsw_proc_pid(p);
-    if (write(*(int *)arg, &pid, sizeof(pid)) != sizeof(pid))
+    long w = 0, g = 0;
+    if (sscanf(line, "tree %ld %ld", &w, &g) != 2)
+        return;
+    int pids[3] = {dsw_proc_pid(p), (int)w, (int)g};
+    if (write(*(int *)arg, pids, sizeof(pids)) != sizeof(pids))
         _exit(1);
 }
 
-/* kill -9 of a daemon-like parent (its own loop, spawning through the trampoline) kills the
- * child through PR_SET_PDEATHSIG. */
+/* kill -9 of a daemon-like parent (its own loop, spawning through the trampoline): the
+ * supervisor learns it (PR_SET_PDEATHSIG) and SIGKILLs the whole tree, the command and the
+ * grandchild that setsid() and double-forked, reaps it, and dies of the same SIGKILL. */
 static void test_trampoline_pdeathsig(void **state)
 {
     int fds[2];
@@ -623,7 +728,7 @@ static void test_trampoline_pdeathsig(void **state)
     if (mid == 0) {
         uv_loop_t loop;
         struct dsw_proc *p;
-        const char *argv[] = {self, "--child", "hello", NULL};
+        const char *argv[] = {self, "--child", "tree", NULL};
         struct dsw_proc_opts o = {
             .argv = argv, .trampoline = self, .on_line = mid_line, .arg = &fds[1]};
         close(fds[0]);
@@ -633,17 +738,22 @@ static void test_trampoline_pdeathsig(void **state)
         _exit(2);
     }
     close(fds[1]);
-    int child = 0, st = 0;
-    assert_int_equal(read(fds[0], &child, sizeof(child)), sizeof(child));
+    int pids[3] = {0}, st = 0;
+    assert_int_equal(read(fds[0], pids, sizeof(pids)), sizeof(pids));
     close(fds[0]);
-    assert_true(child > 0);
-    assert_int_equal(kill(child, 0), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_true(pids[i] > 0);
+        assert_int_equal(kill(pids[i], 0), 0);
+    }
     assert_int_equal(kill(mid, SIGKILL), 0);
     assert_int_equal(waitpid(mid, &st, 0), mid);
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
-    st = reap_within(child, 5000);
-    if (st != -1 && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
-        fail_msg("child status %#x", st);
+    /* The supervisor was reparented to us (we are a subreaper). */
+    st = reap_within(pids[0], 5000);
+    if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+        fail_msg("supervisor status %#x", st);
+    assert_gone(pids[1]);
+    assert_gone(pids[2]);
 }
 
 /* The default trampoline, /proc/self/exe. Under valgrind that names valgrind itself. */
@@ -878,10 +988,12 @@ static void test_adopt_refused(void **state)
     reap_within((pid_t)r.ready, 5000);
     run_free(&r);
 
-    /* A grandchild that left the group holds stdout: the child is reaped, the report waits. */
+    /* A grandchild that left the group holds stdout: the child is reaped, the report waits
+     * (direct: through the trampoline nothing is left to hold it). */
     const char *argv2[] = {self, "--child", "escape", NULL};
     assert_int_equal(uv_loop_init(&loop), 0);
     run_init(&r, &o, argv2);
+    o.direct = 1;
     o.drain_ms = 60000;
     assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
     assert_true(tu_run_until(&loop, has_ready, &r, 10000));
@@ -915,6 +1027,323 @@ static void test_first_line_ms(void **state)
     }
 }
 
+/* ---- the supervisor: statuses and signals ---- */
+
+/* What the command ended with is what the daemon sees, through the supervisor and direct:
+ * exit codes, and terminating signals (also those that dump core, and SIGUSR1, the signal the
+ * daemon uses to ask for a tree kill, when the command dies of it on its own). */
+static void test_statuses_preserved(void **state)
+{
+    static const struct {
+        const char *mode, *arg;
+        int code, sig;
+    } cases[] = {
+        {"exit", "0", 0, 0},
+        {"exit", "1", 1, 0},
+        {"exit", "3", 3, 0},
+        {"exit", "126", 126, 0},
+        {"exit", "255", 255, 0},
+        {"raise", "15", -1, SIGTERM},
+        {"raise", "2", -1, SIGINT},
+        {"raise", "3", -1, SIGQUIT},
+        {"raise", "6", -1, SIGABRT},
+        {"raise", "10", -1, SIGUSR1},
+        {"raise", "12", -1, SIGUSR2},
+        {"raise", "1", -1, SIGHUP},
+        {"sigkill", NULL, -1, SIGKILL},
+    };
+    assert_int_equal(SIGUSR1, 10);
+    assert_int_equal(SIGUSR2, 12);
+    for (int direct = 0; direct < 2; direct++) {
+        for (size_t i = 0; i < DSW_ARRAY_LEN(cases); i++) {
+            uv_loop_t loop;
+            struct run r;
+            struct dsw_proc_opts o;
+            const char *argv[] = {self, "--child", cases[i].mode, cases[i].arg, NULL};
+            assert_int_equal(uv_loop_init(&loop), 0);
+            run_init(&r, &o, argv);
+            o.direct = direct;
+            run_all(&loop, &r, &o);
+            if (r.st.exit_code != cases[i].code || r.st.term_signal != cases[i].sig)
+                fail_msg("%s %s (direct %d): exit %d signal %d", cases[i].mode,
+                         cases[i].arg ? cases[i].arg : "", direct, r.st.exit_code,
+                         r.st.term_signal);
+            assert_int_equal(r.st.killed, DSW_PROC_NOT_KILLED);
+            run_free(&r);
+        }
+    }
+}
+
+static int count_lines(const char *s, const char *line)
+{
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, line)) != NULL; p += strlen(line))
+        n++;
+    return n;
+}
+
+struct want_line {
+    struct run *r;
+    const char *line;
+};
+
+static int has_line(void *arg)
+{
+    struct want_line *w = arg;
+    return strstr(dsw_buf_str(&w->r->out), w->line) != NULL;
+}
+
+/* SIGHUP/SIGINT/SIGQUIT/SIGTERM sent to the supervisor's group (what the daemon signals) reach
+ * the command exactly once each; terminate's SIGTERM ends it with its own exit code. */
+static void test_signals_forwarded(void **state)
+{
+    uv_loop_t loop;
+    struct run r;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "traps", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&r, &o, argv);
+    o.kill_grace_ms = 10000;
+    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
+    int t = dsw_proc_pid(r.p);
+    assert_true(tu_run_until(&loop, has_ready, &r, 10000));
+    static const struct {
+        int sig;
+        const char *line;
+    } sigs[] = {{SIGHUP, "O:sig 1\n"}, {SIGINT, "O:sig 2\n"}, {SIGQUIT, "O:sig 3\n"}};
+    for (size_t i = 0; i < DSW_ARRAY_LEN(sigs); i++) {
+        assert_int_equal(kill(-t, sigs[i].sig), 0);
+        struct want_line w = {&r, sigs[i].line};
+        assert_true(tu_run_until(&loop, has_line, &w, 10000));
+    }
+    dsw_proc_terminate(r.p, DSW_PROC_TERMINATE);
+    assert_true(tu_run_until(&loop, is_closed, &r, 10000));
+    tu_loop_close(&loop);
+    const char *out = dsw_buf_str(&r.out);
+    assert_int_equal(count_lines(out, "O:sig 1\n"), 1);
+    assert_int_equal(count_lines(out, "O:sig 2\n"), 1);
+    assert_int_equal(count_lines(out, "O:sig 3\n"), 1);
+    assert_int_equal(count_lines(out, "O:sig 15\n"), 1);
+    assert_int_equal(r.st.exit_code, 40);
+    assert_int_equal(r.st.killed, DSW_PROC_TERMINATE);
+    assert_int_equal(r.st.sigkilled, 0);
+    run_free(&r);
+}
+
+/* A kill request that reaches the supervisor before it could block signals (right after
+ * spawn) is still reported as SIGKILL, and nothing is left. */
+static void test_close_at_once(void **state)
+{
+    for (int i = 0; i < 5; i++) {
+        uv_loop_t loop;
+        struct run r;
+        struct dsw_proc_opts o;
+        const char *argv[] = {self, "--child", "tree", NULL};
+        assert_int_equal(uv_loop_init(&loop), 0);
+        run_init(&r, &o, argv);
+        r.close_in_exit = 0;
+        assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
+        int pgid = dsw_proc_pid(r.p);
+        dsw_proc_close(r.p, on_closed, &r);
+        assert_true(tu_run_until(&loop, is_closed, &r, 10000));
+        tu_loop_close(&loop);
+        assert_int_equal(r.st.term_signal, SIGKILL);
+        assert_int_equal(r.st.killed, DSW_PROC_CLOSED);
+        assert_gone(-pgid);
+        run_free(&r);
+    }
+}
+
+/* ---- the stray reaper ---- */
+
+static void wait_zombie(pid_t pid)
+{
+    for (int i = 0; i < 1000; i++) {
+        siginfo_t si;
+        memset(&si, 0, sizeof(si));
+        assert_int_equal(waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT), 0);
+        if (si.si_pid == pid)
+            return;
+        usleep(10000);
+    }
+    fail_msg("process %ld did not exit", (long)pid);
+}
+
+static int is_zombie_of_ours(pid_t pid)
+{
+    siginfo_t si;
+    memset(&si, 0, sizeof(si));
+    return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid;
+}
+
+static pid_t fork_exit(int code)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(code);
+    return pid;
+}
+
+static int stray_gone(void *arg)
+{
+    return !is_zombie_of_ours(*(pid_t *)arg);
+}
+
+/* A sweep never takes the status of a child libuv will reap, whichever comes first in the
+ * kernel's list: a stray before it is reaped, one behind it waits for the next turn. */
+static void test_reaper_never_steals(void **state)
+{
+    for (int stray_first = 0; stray_first < 2; stray_first++) {
+        uv_loop_t loop;
+        struct run r;
+        struct dsw_proc_opts o;
+        const char *argv[] = {self, "--child", "exit", "5", NULL};
+        pid_t stray = 0;
+        int deferred = 0;
+        assert_int_equal(uv_loop_init(&loop), 0);
+        assert_int_equal(dsw_proc_reaper_start(&loop, 1), 1);
+        assert_int_equal(dsw_proc_reaper_start(&loop, 1), -EALREADY);
+        uint64_t before = dsw_proc_strays_reaped();
+        run_init(&r, &o, argv);
+        o.direct = 1;
+        if (stray_first)
+            stray = fork_exit(9);
+        assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
+        if (!stray_first)
+            stray = fork_exit(9);
+        /* Both are zombies now, and libuv has not run. */
+        wait_zombie(dsw_proc_pid(r.p));
+        wait_zombie(stray);
+        int n = dsw_proc_reap_strays(&loop, &deferred);
+        assert_int_equal(deferred, 1);
+        assert_int_equal(n, stray_first);
+        assert_true(is_zombie_of_ours(dsw_proc_pid(r.p)));
+        assert_int_equal(is_zombie_of_ours(stray), !stray_first);
+        assert_true(tu_run_until(&loop, is_closed, &r, 10000));
+        assert_int_equal(r.st.exit_code, 5);
+        assert_true(tu_run_until(&loop, stray_gone, &stray, 10000));
+        assert_int_equal(dsw_proc_strays_reaped() - before, 1);
+        dsw_proc_reaper_stop();
+        dsw_proc_reaper_stop();
+        tu_loop_close(&loop);
+        run_free(&r);
+    }
+}
+
+struct storm {
+    struct run runs[6];
+    pid_t strays[12];
+    int nstrays;
+};
+
+static int storm_done(void *arg)
+{
+    struct storm *s = arg;
+    for (size_t i = 0; i < DSW_ARRAY_LEN(s->runs); i++)
+        if (!s->runs[i].closed)
+            return 0;
+    for (int i = 0; i < s->nstrays; i++)
+        if (is_zombie_of_ours(s->strays[i]))
+            return 0;
+    return 1;
+}
+
+struct reaped_count {
+    uint64_t want;
+};
+
+static int reaped_at_least(void *arg)
+{
+    return dsw_proc_strays_reaped() >= ((struct reaped_count *)arg)->want;
+}
+
+/* Through SIGCHLD: tracked children (through the trampoline and direct) and strays (our own
+ * untracked children, and orphans reparented to us) end together, many times; every tracked
+ * exit reaches its callback with its own status and every stray is reaped. */
+static void test_reaper_storm(void **state)
+{
+    static const char *codes[] = {"0", "1", "3", "7", "0", "2"};
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(dsw_proc_reaper_start(&loop, 1), 1);
+    uint64_t before = dsw_proc_strays_reaped();
+    int strays = 0;
+    for (int round = 0; round < 20; round++) {
+        struct storm s;
+        memset(&s, 0, sizeof(s));
+        const char *argv[DSW_ARRAY_LEN(codes)][5];
+        for (size_t i = 0; i < DSW_ARRAY_LEN(codes); i++) {
+            struct dsw_proc_opts o;
+            const char *a[] = {self, "--child", "exit", codes[i], NULL};
+            memcpy(argv[i], a, sizeof(a));
+            run_init(&s.runs[i], &o, argv[i]);
+            o.direct = (int)(i % 2);
+            assert_int_equal(dsw_proc_spawn(&loop, &o, &s.runs[i].p), 0);
+            s.strays[s.nstrays++] = fork_exit((int)i);
+            /* An orphan: its parent exits at once, so it is reparented to us. */
+            pid_t mid = fork();
+            assert_true(mid >= 0);
+            if (mid == 0) {
+                if (fork() == 0) {
+                    usleep(1000);
+                    _exit(4);
+                }
+                _exit(0);
+            }
+            s.strays[s.nstrays++] = mid;
+            strays += 3;
+        }
+        assert_true(tu_run_until(&loop, storm_done, &s, 20000));
+        for (size_t i = 0; i < DSW_ARRAY_LEN(codes); i++) {
+            assert_int_equal(s.runs[i].exits, 1);
+            assert_int_equal(s.runs[i].st.exit_code, atoi(codes[i]));
+            run_free(&s.runs[i]);
+        }
+    }
+    /* The orphans are not in our list: wait until the count says they were reaped too. */
+    struct reaped_count c = {before + (uint64_t)strays};
+    assert_true(tu_run_until(&loop, reaped_at_least, &c, 20000));
+    assert_int_equal(dsw_proc_strays_reaped() - before, strays);
+    siginfo_t si;
+    memset(&si, 0, sizeof(si));
+    int rc = waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT);
+    assert_true(rc == -1 || si.si_pid == 0); /* no zombie of ours left */
+    dsw_proc_reaper_stop();
+    tu_loop_close(&loop);
+}
+
+/* Not PID 1 and not a subreaper: nothing to do; a subreaper: reaping. In a child of ours, which
+ * does not inherit our subreaper flag. */
+static void test_reaper_when_needed(void **state)
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        uv_loop_t loop;
+        if (uv_loop_init(&loop) || dsw_proc_reaper_start(&loop, 0) != 0)
+            _exit(1);
+        if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 || dsw_proc_reaper_start(&loop, 0) != 1)
+            _exit(2);
+        /* A stray left before the start is reaped by the first sweep. */
+        dsw_proc_reaper_stop();
+        pid_t z = fork();
+        if (z == 0)
+            _exit(0);
+        while (!is_zombie_of_ours(z))
+            usleep(1000);
+        if (dsw_proc_reaper_start(&loop, 0) != 1 || is_zombie_of_ours(z))
+            _exit(3);
+        dsw_proc_reaper_stop();
+        uv_run(&loop, UV_RUN_DEFAULT);
+        _exit(uv_loop_close(&loop) == 0 ? 0 : 4);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], DSW_PROC_TRAMPOLINE_ARG))
@@ -940,6 +1369,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_timeout_escalates),
         cmocka_unit_test(test_close_while_running),
         cmocka_unit_test(test_drain_cap),
+        cmocka_unit_test(test_escape_contained),
         cmocka_unit_test(test_group_and_cwd),
         cmocka_unit_test(test_no_inherited_fds),
         cmocka_unit_test(test_exec_failures),
@@ -953,6 +1383,12 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_adopt),
         cmocka_unit_test(test_adopt_refused),
         cmocka_unit_test(test_first_line_ms),
+        cmocka_unit_test(test_statuses_preserved),
+        cmocka_unit_test(test_signals_forwarded),
+        cmocka_unit_test(test_close_at_once),
+        cmocka_unit_test(test_reaper_never_steals),
+        cmocka_unit_test(test_reaper_storm),
+        cmocka_unit_test(test_reaper_when_needed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
