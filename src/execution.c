@@ -93,6 +93,8 @@ static void on_recorded(int status, const struct dsw_store_record_result *res, v
         backoff(e, record_exit);
         return;
     }
+    if (status == -ESTALE)
+        elog(DSW_LOG_WARN, e, "fenced", "lease lost before the outcome was recorded");
     finish(e, status, res);
 }
 

@@ -353,7 +353,10 @@ static void on_executed(int status, const struct dsw_store_record_result *res, v
 {
     struct dsw_pipeline *p = arg;
     p->exec = NULL;
-    on_recorded(status, res, p);
+    if (status == -ESTALE) /* the execution said why; the message is the new owner's */
+        release(p);
+    else
+        on_recorded(status, res, p);
 }
 
 static void spawn(struct dsw_pipeline *p)
