@@ -37,8 +37,8 @@ TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
 # reported, but their failure does not fail the layer. A pass is reported as such.
 KNOWN = {
     "kill9": "containment of the run's process tree after kill -9 (src/proc.c, dsw-exec)",
-    "external_fail": "a terminal status set by someone else does not stop the child yet",
-    "crash_reason": "PipelineFailureData.failure_reason / dagster/failure_reason tag",
+    "slow_exit": "the external-terminal check (src/execution.c, TERMINAL_WAIT_MS = min(kill_grace,"
+                 " 5 s)) terminates a run worker that wrote its own RUN_SUCCESS and is exiting",
 }
 
 
@@ -327,13 +327,7 @@ class Harness:
         launcher puts the message on the queue."""
         t = dict(tags or {}, **{"dsw/harness_form": form, "dsw/harness_queue": queue})
         run = self.create(inst, job_name, run_config, t)
-        inst.launch_run(run.run_id, workspace=None)
-        st = self.db.status(run.run_id)
-        if st == "FAILURE":
-            errs = [json.loads(e[3]).get("dagster_event", {}).get("event_specific_data")
-                    for e in self.db.events(run.run_id) if e[1] == "ENGINE_EVENT"]
-            raise Failed("launch_run failed the run (launcher error): %s" % json.dumps(
-                [x.get("error") for x in errs if x and x.get("error")])[:1500])
+        inst.launch_run(run.run_id, workspace=None)  # re-raises what the launcher raised
         return run.run_id
 
     def await_terminal(self, run_id, timeout=120):
@@ -366,12 +360,16 @@ class Harness:
 
 # ---- checks shared by scenarios --------------------------------------------------------------
 
-def finished(h, inst, run_id, status, exit_code=None, ours_terminal=None, timeout=120):
+def finished(h, inst, run_id, status, exit_code=None, ours_terminal=None, timeout=120,
+             outcome=None):
     """Await the outcome and the daemon's record, then Dagster's reads. ours_terminal: True =
     the terminal event must be the daemon's, False = the run's own."""
     got = h.await_terminal(run_id, timeout)
     claim = h.await_done(run_id)
     expect(got == status, "status %s, want %s" % (got, status))
+    if outcome is not None:
+        expect(claim["outcome"] == outcome, "the daemon's outcome %r, want %r" % (
+            claim["outcome"], outcome))
     if exit_code is not None:
         expect(claim["exit_code"] == exit_code, "exit code %s (signal %s), want %s" % (
             claim["exit_code"], claim["term_signal"], exit_code))
@@ -399,14 +397,14 @@ def summary(r):
 
 def sc_success(h, q, inst):
     rid = h.launch(inst, "ok_job", q)
-    r = finished(h, inst, rid, "SUCCESS", 0, ours_terminal=False)
+    r = finished(h, inst, rid, "SUCCESS", 0, ours_terminal=False, outcome="exited")
     expect(r["steps"] == {"ok_op": "SUCCESS"}, "step stats %s" % r["steps"])
     return r
 
 
 def sc_failure(h, q, inst):
     rid = h.launch(inst, "fail_job", q)
-    r = finished(h, inst, rid, "FAILURE", 1, ours_terminal=False)
+    r = finished(h, inst, rid, "FAILURE", 1, ours_terminal=False, outcome="exited")
     expect(r["steps"] == {"fail_op": "FAILURE"}, "step stats %s" % r["steps"])
     return r
 
@@ -466,9 +464,20 @@ def sc_external_fail(h, q, inst):
     inst.report_run_failed(inst.get_run_by_id(rid), "marked failed by the harness")
     claim = h.await_done(rid, timeout=15)  # cancel_poll + kill_grace (5 s) + slack
     expect(h.db.status(rid) == "FAILURE", "status %s" % h.db.status(rid))
+    ours = [e[1] for e in h.db.events(rid) if e[2] and e[1] != "ENGINE_EVENT"]
+    expect(not ours, "the daemon wrote %s over an outcome someone else recorded" % ours)
     r = h.reads(inst, rid)
     r["claim"] = {k: claim[k] for k in ("exit_code", "term_signal", "outcome")}
     return r
+
+
+def sc_slow_exit(h, q, inst):
+    """A run worker that takes longer than the daemon's wait for a terminal status to exit
+    after writing its own RUN_SUCCESS (an atexit hook: uploads, flushes, pool shutdown) is
+    finishing its own run, not one someone else ended: it must be left to exit 0."""
+    rid = h.launch(inst, "slow_exit_job", q, run_config={"ops": {"slow_exit_op": {"config": {
+        "seconds": 7.0}}}})
+    return finished(h, inst, rid, "SUCCESS", 0, ours_terminal=False, outcome="exited")
 
 
 # "success" is the taskiq (dagster-taskiq execute_job) form.
@@ -694,7 +703,7 @@ def main():
     # Group 1: one daemon, the scenarios concurrently (4 slots).
     group = [("success", sc_success), ("failure", sc_failure), ("crash", sc_crash),
              ("crash_reason", sc_crash_reason), ("cancel", sc_cancel),
-             ("external_fail", sc_external_fail)] + [("form:" + f, sc_form(f)) for f in FORMS]
+             ("external_fail", sc_external_fail), ("slow_exit", sc_slow_exit)] + [("form:" + f, sc_form(f)) for f in FORMS]
     group = [g for g in group if not only or g[0] in only or g[0].split(":")[0] in only]
     if group:
         q = h.sqs.queue("dsw-real-main-%s" % uuid.uuid4().hex[:8])

@@ -7,6 +7,8 @@ executors and Config-free op config.
   crash_job   in-process, one op that calls os._exit(3)                -> STARTED, exit 3
   slow_job    in-process, one op that sleeps `seconds` (config); with `once_file` it sleeps
               only the first time (the file marks an attempt), so a resumed run finishes
+  slow_exit_job  in-process, succeeds at once; the run worker then takes `seconds` (config) to
+              exit (an atexit hook), after its RUN_SUCCESS is written
   mp_job      multiprocess (Dagster's default executor): `first` then `second`; `second`
               sleeps `seconds` and, with `pid_dir`, first starts a grandchild that calls
               setsid() and double-forks (its pid in pid_dir/grandchild), and writes its own
@@ -52,6 +54,15 @@ def slow_op(context):
         with open(once, "w") as f:
             f.write(str(os.getpid()))
     _nap(context.op_config["seconds"])
+    return 1
+
+
+@op(config_schema={"seconds": Field(float, default_value=7.0)})
+def slow_exit_op(context):
+    """Succeeds at once; the run worker then takes `seconds` to exit (an atexit hook)."""
+    import atexit
+
+    atexit.register(_nap, context.op_config["seconds"])
     return 1
 
 
@@ -118,9 +129,14 @@ def slow_job():
     slow_op()
 
 
+@job(executor_def=in_process_executor)
+def slow_exit_job():
+    slow_exit_op()
+
+
 @job(executor_def=multiprocess_executor)
 def mp_job():
     second(first())
 
 
-defs = Definitions(jobs=[ok_job, fail_job, crash_job, slow_job, mp_job])
+defs = Definitions(jobs=[ok_job, fail_job, crash_job, slow_job, slow_exit_job, mp_job])
