@@ -11,6 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -991,6 +994,36 @@ static void test_kombu_compressed(void **state)
     }
 }
 
+/* The 16 MiB bomb costs at most the 1 MiB cap in memory: decoded in a child whose peak RSS
+ * grows by far less than the bomb's inflated size. */
+static void test_bomb_is_not_an_allocation(void **state)
+{
+    char *path = NULL;
+    assert_true(asprintf(&path, "%s/tests/fuzz/corpus/msg/zlib_bomb_b64.txt",
+                         tu_need_env("DSW_SOURCE_DIR")) > 0);
+    size_t len;
+    char *body = tu_read_file(path, &len);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rusage before, after;
+        struct dsw_msg_request req;
+        struct dsw_msg_reject rej;
+        getrusage(RUSAGE_SELF, &before);
+        int rc = dsw_msg_decode(body, len, NULL, &req, &rej);
+        getrusage(RUSAGE_SELF, &after);
+        long grew_kb = after.ru_maxrss - before.ru_maxrss;
+        fprintf(stderr, "bomb: %s, peak RSS +%ld KiB\n", dsw_msg_reason_name(rej.reason), grew_kb);
+        _exit(rc == -EBADMSG && rej.reason == DSW_MSG_TOO_LARGE && grew_kb < 4096 ? 0 : 1);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    free(body);
+    free(path);
+}
+
 /* --- names and run ids ----------------------------------------------------------------- */
 
 static void test_reason_names(void **state)
@@ -1055,14 +1088,23 @@ static void test_null_opts_and_clear(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vectors_all_listed),  cmocka_unit_test(test_vectors_decode),
-        cmocka_unit_test(test_vectors_every_form),  cmocka_unit_test(test_legacy_task_names),
-        cmocka_unit_test(test_minimal_args),        cmocka_unit_test(test_non_strict_run_id),
-        cmocka_unit_test(test_layout_whitespace),   cmocka_unit_test(test_size_limits),
-        cmocka_unit_test(test_size_before_parse),   cmocka_unit_test(test_s3_pointer),
-        cmocka_unit_test(test_bad_bodies),          cmocka_unit_test(test_deep_nesting),
-        cmocka_unit_test(test_fuzz_seeds),          cmocka_unit_test(test_kombu_compressed),
-        cmocka_unit_test(test_reason_names),        cmocka_unit_test(test_run_id_rule),
+        cmocka_unit_test(test_vectors_all_listed),
+        cmocka_unit_test(test_vectors_decode),
+        cmocka_unit_test(test_vectors_every_form),
+        cmocka_unit_test(test_legacy_task_names),
+        cmocka_unit_test(test_minimal_args),
+        cmocka_unit_test(test_non_strict_run_id),
+        cmocka_unit_test(test_layout_whitespace),
+        cmocka_unit_test(test_size_limits),
+        cmocka_unit_test(test_size_before_parse),
+        cmocka_unit_test(test_s3_pointer),
+        cmocka_unit_test(test_bad_bodies),
+        cmocka_unit_test(test_deep_nesting),
+        cmocka_unit_test(test_fuzz_seeds),
+        cmocka_unit_test(test_kombu_compressed),
+        cmocka_unit_test(test_bomb_is_not_an_allocation),
+        cmocka_unit_test(test_reason_names),
+        cmocka_unit_test(test_run_id_rule),
         cmocka_unit_test(test_null_opts_and_clear),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
