@@ -10,7 +10,9 @@
  *   tree behind: the exit report comes only once the whole tree is gone, and carries exactly
  *   the command's own status;
  * - the daemon (services needed): kill -9 of the daemon running the tree, and a drain (SIGTERM)
- *   that ends it. */
+ *   that ends it; and the daemon as a subreaper (as PID 1 would be) reaps the strays that are
+ *   reparented to it (here: what is left when the supervisor itself is SIGKILLed) without
+ *   taking the supervisor's exit status from libuv. */
 #include "testutil.h"
 
 #include "dsw/proc.h"
@@ -376,9 +378,10 @@ static bool pid_gone_b(void *arg)
     return !tu_pid_alive(*(pid_t *)arg);
 }
 
-/* Start the daemon on one run whose command is forker; return the supervisor's pid. */
+/* Start the daemon (as a subreaper when subreaper) on one run whose command is forker; return
+ * the supervisor's pid. */
 static struct tu_daemon *daemon_with_tree(struct tree *t, const char *action, char id[37],
-                                          pid_t *sup)
+                                          pid_t *sup, bool subreaper)
 {
     tree_init(t);
     tu_run_new(id, "STARTING", NULL);
@@ -386,7 +389,12 @@ static struct tu_daemon *daemon_with_tree(struct tree *t, const char *action, ch
     tu_env_set(&env, "DSW_RUNS_ENV_FORKER_PIDFILE", "%s", t->pidfile);
     tu_env_set(&env, "DSW_RUNS_ENV_FORKER_ACTION", "%s", action);
     tu_send_run(&q, id, NULL, 0);
-    struct tu_daemon *d = tu_daemon_start(&env, (const char *const[]){"run", NULL});
+    struct tu_daemon *d;
+    if (subreaper)
+        d = tu_spawn(
+            &env, (char *const[]){(char *)forker, "--subreaper", (char *)daemon_bin, "run", NULL});
+    else
+        d = tu_daemon_start(&env, (const char *const[]){"run", NULL});
     assert_true(tu_wait(tree_read_b, t, WAIT_MS));
     assert_tree_alive(t);
     /* The command's parent is the supervisor, the daemon's dsw-exec found beside it. */
@@ -401,7 +409,7 @@ static void test_daemon_kill9(void **state)
     struct tree t;
     char id[37];
     pid_t sup = 0;
-    struct tu_daemon *d = daemon_with_tree(&t, "ignore", id, &sup);
+    struct tu_daemon *d = daemon_with_tree(&t, "ignore", id, &sup, false);
     uint64_t t0 = dsw_now_ms();
     tu_daemon_signal(d, SIGKILL);
     assert_int_equal(tu_daemon_wait(d, WAIT_MS), 128 + SIGKILL);
@@ -423,11 +431,58 @@ static void test_daemon_drain(void **state)
     pid_t sup = 0;
     tu_env_set(&env, "DSW_RUNS_DRAIN_TIMEOUT", "1s");
     tu_env_set(&env, "DSW_RUNS_KILL_GRACE", "500ms");
-    struct tu_daemon *d = daemon_with_tree(&t, "ignore", id, &sup);
+    struct tu_daemon *d = daemon_with_tree(&t, "ignore", id, &sup, false);
     tu_daemon_signal(d, SIGTERM);
     assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
     assert_tree_gone(&t);
     assert_true(tu_run_event_has(id, "killed by signal 9"));
+    tree_free(&t);
+}
+
+static bool zombie_or_gone(pid_t pid)
+{
+    char buf[512], *p;
+    read_proc(pid, "stat", buf, sizeof(buf));
+    return !(p = strrchr(buf, ')')) || p[1] != ' ' || p[2] == 'Z';
+}
+
+static bool strays_zombie_or_gone(void *arg)
+{
+    const struct tree *t = arg;
+    for (int i = 1; i < NPIDS; i++)
+        if (!zombie_or_gone(t->pids[i]))
+            return false;
+    return true;
+}
+
+static bool killed9_recorded(void *arg)
+{
+    return tu_run_event_has(arg, "Run worker was killed by signal 9");
+}
+
+static void test_daemon_reaps_strays(void **state)
+{
+    struct tree t;
+    char id[37];
+    pid_t sup = 0;
+    struct tu_daemon *d = daemon_with_tree(&t, "ignore", id, &sup, true);
+    assert_true(tu_daemon_log_has(d, "child subreaper: reaping stray child processes"));
+    /* The supervisor dies without its cleanup: the command dies with it (PR_SET_PDEATHSIG),
+     * the rest of the tree is reparented to the nearest subreaper, the daemon. */
+    pid_t dpid = ppid_of(sup);
+    assert_true(dpid > 0);
+    assert_int_equal(kill(sup, SIGKILL), 0);
+    assert_true(tu_wait(pid_gone_b, &t.pids[0], WAIT_MS));
+    assert_int_equal(ppid_of(t.pids[3]), dpid); /* the orphan the supervisor had adopted */
+    /* libuv still got the supervisor's status: the run's exit is recorded as SIGKILL. */
+    assert_true(tu_wait(killed9_recorded, id, WAIT_MS));
+    /* The strays end; the daemon, their parent now, reaps them: no zombie left. */
+    for (int i = 1; i < NPIDS; i++)
+        assert_int_equal(kill(t.pids[i], SIGKILL), 0);
+    assert_true(tu_wait(strays_zombie_or_gone, &t, WAIT_MS));
+    assert_true(tu_wait(tree_gone, &t, WAIT_MS));
+    tu_daemon_signal(d, SIGTERM);
+    assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
     tree_free(&t);
 }
 
@@ -450,6 +505,7 @@ int main(void)
     const struct CMUnitTest daemon[] = {
         cmocka_unit_test_setup_teardown(test_daemon_kill9, setup, teardown),
         cmocka_unit_test_setup_teardown(test_daemon_drain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_daemon_reaps_strays, setup, teardown),
     };
     int failed = cmocka_run_group_tests_name("contain", local, NULL, NULL);
     return failed + cmocka_run_group_tests_name("contain_daemon", daemon, NULL, NULL);

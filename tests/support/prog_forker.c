@@ -3,6 +3,8 @@
  *   forker PIDFILE [ACTION]
  *   forker api ...          (as a run worker the daemon starts: PIDFILE from $FORKER_PIDFILE,
  *                            ACTION from $FORKER_ACTION, default sleep)
+ *   forker --subreaper PROG ARGS...   become a child subreaper, then exec PROG (the setting
+ *                            survives exec: the daemon as a subreaper, as under some inits)
  *
  * It forks a child C (same process group) and, from C, a grandchild G that calls setsid() and
  * double-forks: G forks H, H forks I and exits at once, so I is an orphan in G's new session,
@@ -21,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -34,9 +37,11 @@ static void idle(void)
         pause();
 }
 
-static void say(int fd, pid_t pid)
+/* Tell W who we are: which of C (0), G (1), I (2), and our pid (one atomic pipe write). */
+static void say(int fd, int which)
 {
-    if (write(fd, &pid, sizeof(pid)) != sizeof(pid))
+    int msg[2] = {which, (int)getpid()};
+    if (write(fd, msg, sizeof(msg)) != sizeof(msg))
         _exit(1);
 }
 
@@ -49,6 +54,13 @@ static void usage(void)
 int main(int argc, char **argv)
 {
     const char *pidfile, *action;
+    if (argc >= 3 && !strcmp(argv[1], "--subreaper")) {
+        if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
+            return 126;
+        execv(argv[2], argv + 2);
+        fprintf(stderr, "forker: %s: %s\n", argv[2], strerror(errno));
+        return 127;
+    }
     if (argc >= 2 && !strcmp(argv[1], "api")) {
         pidfile = getenv("FORKER_PIDFILE");
         action = getenv("FORKER_ACTION");
@@ -82,7 +94,7 @@ int main(int argc, char **argv)
             pid_t h = fork();
             if (h == 0) {
                 if (fork() == 0) {
-                    say(fds[1], getpid()); /* I */
+                    say(fds[1], 2); /* I */
                     idle();
                 }
                 _exit(0); /* H */
@@ -90,19 +102,22 @@ int main(int argc, char **argv)
             if (h < 0)
                 _exit(1);
             waitpid(h, NULL, 0);
-            say(fds[1], getpid()); /* G */
+            say(fds[1], 1); /* G */
             idle();
         }
         if (g < 0)
             _exit(1);
-        say(fds[1], getpid()); /* C */
+        say(fds[1], 0); /* C */
         idle();
     }
     close(fds[1]);
-    pid_t pids[3];
-    for (int i = 0; i < 3; i++)
-        if (read(fds[0], &pids[i], sizeof(pids[i])) != sizeof(pids[i]))
+    pid_t pids[3] = {0, 0, 0};
+    for (int i = 0; i < 3; i++) {
+        int msg[2];
+        if (read(fds[0], msg, sizeof(msg)) != sizeof(msg) || msg[0] < 0 || msg[0] > 2)
             return 1;
+        pids[msg[0]] = (pid_t)msg[1];
+    }
     char line[128], tmp[4096];
     int n = snprintf(line, sizeof(line), "%d %d %d %d\n", (int)getpid(), (int)pids[0], (int)pids[1],
                      (int)pids[2]);
