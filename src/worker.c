@@ -368,6 +368,7 @@ static void close_handles(struct worker *w)
     for (size_t i = 0; i < w->nsigs; i++)
         uv_close((uv_handle_t *)&w->sigs[i], NULL);
     w->ntimers = w->nsigs = 0;
+    dsw_proc_reaper_stop();
 }
 
 static void maybe_stop(struct worker *w)
@@ -548,6 +549,8 @@ static int init_loop_handles(struct worker *w)
             break;
         }
     }
+    if (!rc) /* PID 1 or a subreaper: reap the strays nobody else will (not fatal) */
+        (void)dsw_proc_reaper_start(&w->loop, 0);
     if (rc)
         dsw_error("cannot set up the event loop: uv_signal_init/start: %s", uv_strerror(rc));
     return rc;
