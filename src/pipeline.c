@@ -493,30 +493,21 @@ static void act(struct dsw_pipeline *p)
 /* Carry out the decision: the rows that need no claim end here, the others claim first. */
 static void carry_out(struct dsw_pipeline *p)
 {
+    static const char *const deleted[] = {
+        [DSW_JOB_DELETE_TERMINAL] = "terminal_skip",
+        [DSW_JOB_DELETE_DUPLICATE] = "duplicate",
+        [DSW_JOB_DELETE_NOT_LAUNCHED] = "not_launched",
+        [DSW_JOB_DELETE_UNEXPECTED] = "unexpected_status",
+    };
     const struct dsw_conf *conf = p->env->conf;
-    switch (p->action) {
-    case DSW_JOB_DELETE_TERMINAL:
-        delete_message(p, "terminal_skip");
-        return;
-    case DSW_JOB_DELETE_DUPLICATE:
-        delete_message(p, "duplicate");
-        return;
-    case DSW_JOB_DELETE_NOT_LAUNCHED:
-        delete_message(p, "not_launched");
-        return;
-    case DSW_JOB_DELETE_UNEXPECTED:
-        delete_message(p, "unexpected_status");
-        return;
-    case DSW_JOB_DEFER_OWNED:
+    if ((size_t)p->action < DSW_ARRAY_LEN(deleted) && deleted[p->action])
+        delete_message(p, deleted[p->action]);
+    else if (p->action == DSW_JOB_DEFER_OWNED)
         set_visibility(p, sqs_seconds(conf->claims.ttl_ms), "deferred_owned");
-        return;
-    case DSW_JOB_DEFER_QUEUED:
+    else if (p->action == DSW_JOB_DEFER_QUEUED)
         set_visibility(p, sqs_seconds(conf->runs.requeue_delay_ms), "deferred_queued");
-        return;
-    default:
+    else
         claim(p);
-        return;
-    }
 }
 
 /* ---- load and decide -------------------------------------------------------------------- */
