@@ -90,7 +90,9 @@ pg() { psql "$conninfo" -qAtX "$@"; }
 # Configuration from the environment alone, as in a container.
 export DSW_QUEUE_URL=$queue_url DSW_QUEUE_ENDPOINT=$DSW_TEST_FAUXQS_URL DSW_QUEUE_REGION=us-east-1
 export DSW_QUEUE_WAIT_TIME=2s DSW_POSTGRES_CONNINFO=$conninfo
-export DSW_RUNS_CANCEL_POLL=500ms DSW_RUNS_KILL_GRACE=2s DSW_RUNS_MAX_CONCURRENT=4
+# kill_grace also bounds how long a run worker may take to exit after writing its own outcome
+# (real Dagster needs a few seconds on a busy machine).
+export DSW_RUNS_CANCEL_POLL=500ms DSW_RUNS_KILL_GRACE=10s DSW_RUNS_MAX_CONCURRENT=4
 export DSW_HTTP_LISTEN=127.0.0.1:$port DSW_LOG_LEVEL=info
 export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
 if [ -n "$real" ]; then

@@ -36,7 +36,6 @@ TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
 # Scenarios that fail until a fix another helper is building lands (issue 13): they are run and
 # reported, but their failure does not fail the layer. A pass is reported as such.
 KNOWN = {
-    "kill9": "containment of the run's process tree after kill -9 (src/proc.c, dsw-exec)",
     "slow_exit": "the external-terminal check (src/execution.c, TERMINAL_WAIT_MS = min(kill_grace,"
                  " 5 s)) terminates a run worker that wrote its own RUN_SUCCESS and is exiting",
 }
