@@ -305,6 +305,10 @@ int dsw_trampoline_main(int argc, char **argv)
         exec_worker(argv + 3, s.self, &old);
     /* Also here, so that the group exists before we signal it, whoever runs first. */
     setpgid(s.worker, s.worker);
+    /* The command's arguments are the worker's business: ps, pgrep -f and pkill -f find them
+     * once, in the worker; we show `<us> __exec-child <daemon pid> <command name>`. */
+    for (int i = 4; i < argc; i++)
+        memset(argv[i], 0, strlen(argv[i]));
     release_stdio();
     supervise(&s);
     cleanup(&s);
