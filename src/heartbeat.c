@@ -1,6 +1,7 @@
 /* heartbeat: three timers over env->slots and the queue and store calls they make. */
 #include "dsw/heartbeat.h"
 
+#include "dsw/failpoint.h"
 #include "dsw/log.h"
 
 #include <stdio.h>
@@ -60,12 +61,10 @@ static void on_visibility_timer(uv_timer_t *t)
     size_t n = 0;
     uint64_t now = dsw_now_ms();
     int vis = (int)DSW_MIN(hb->env->conf->queue.visibility_timeout_ms / 1000, SQS_MAX_VIS_S);
-#ifdef DSW_FAILPOINTS
-    /* Failpoint: the queue heartbeat is blocked (the message comes back while its run is
-     * still running; the claim alone must keep a second child from starting). */
-    if (getenv("DSW_FAILPOINT_NO_VISIBILITY_HEARTBEAT"))
+    /* Failpoint visibility_round=fail: the queue heartbeat is blocked (the message comes back
+     * while its run is still running; the claim alone must keep a second child from starting). */
+    if (DSW_FAILPOINT("visibility_round"))
         return;
-#endif
     if (hb->visibility_batches > 0) {
         dsw_debug("visibility: %d batch(es) still in flight; skipping this beat",
                   hb->visibility_batches);

@@ -1,6 +1,6 @@
 /* Visibility: a run longer than the queue's visibility timeout (10 s, the minimum the daemon
  * allows) is never redelivered while the daemon's visibility heartbeats work; with them blocked
- * (failpoint DSW_FAILPOINT_NO_VISIBILITY_HEARTBEAT) the message comes back during the run and
+ * (failpoint visibility_round=fail) the message comes back during the run and
  * the claim alone keeps a second child from starting. Two daemons share each queue. */
 #include "testutil.h"
 
@@ -77,7 +77,7 @@ static void test_blocked_heartbeats_no_second_child(void **state)
     tu_send_run(&q, id, NULL, 0);
     struct tu_env blocked = {0};
     tu_worker_env(&blocked, &q);
-    tu_env_set(&blocked, "DSW_FAILPOINT_NO_VISIBILITY_HEARTBEAT", "1");
+    tu_env_set(&blocked, "DSW_FAILPOINTS", "visibility_round=fail");
     tu_env_set(&blocked, "DSW_CLAIMS_TTL", "3s");
     tu_env_set(&env, "DSW_CLAIMS_TTL", "3s");
     struct tu_daemon *a = tu_daemon_start(&blocked, (const char *const[]){"run", NULL});
