@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, cast
 
 from dagster import (
     Field,
@@ -31,6 +31,9 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 from . import envelope, run_claims
+
+if TYPE_CHECKING:
+    from dagster._core.instance import DagsterInstance
 
 TAG_MESSAGE_ID = "dagster-sqs-worker/message_id"
 TAG_RESUME_MESSAGE_ID = "dagster-sqs-worker/resume_message_id"
@@ -134,6 +137,10 @@ class SqsRunLauncher(RunLauncher, ConfigurableClass):
     ) -> "SqsRunLauncher":
         return cls(inst_data=inst_data, **config_value)
 
+    @property
+    def _inst(self) -> "DagsterInstance":
+        return cast("DagsterInstance", self._instance)
+
     # ---- SQS --------------------------------------------------------------------------------
 
     @property
@@ -180,11 +187,11 @@ class SqsRunLauncher(RunLauncher, ConfigurableClass):
         body = envelope.run_envelope(run, resume=resume)
         mid = self.send(body, run.run_id)
         tag = TAG_RESUME_MESSAGE_ID if resume else TAG_MESSAGE_ID
-        self._instance.add_run_tags(run.run_id, {tag: mid})
+        self._inst.add_run_tags(run.run_id, {tag: mid})
         what = "resume" if resume else "execute"
         if attempt is not None:
             what += f" (attempt {attempt})"
-        self._instance.report_engine_event(
+        self._inst.report_engine_event(
             f"Sent run to dagster-sqs-worker: {what} message {mid} on {self.queue_url}.",
             run,
             EngineEventData(
@@ -211,10 +218,10 @@ class SqsRunLauncher(RunLauncher, ConfigurableClass):
         )
 
     def terminate(self, run_id: str) -> bool:
-        run = self._instance.get_run_by_id(run_id)
+        run = self._inst.get_run_by_id(run_id)
         if run is None or run.is_finished:
             return False
-        self._instance.report_run_canceling(run)
+        self._inst.report_run_canceling(run)
         return True
 
     @property
@@ -223,7 +230,7 @@ class SqsRunLauncher(RunLauncher, ConfigurableClass):
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Any]:
-        storage = self._instance.run_storage
+        storage = self._inst.run_storage
         connect = getattr(storage, "connect", None)
         engine = getattr(storage, "_engine", None)
         if connect is None or engine is None or engine.dialect.name != "postgresql":
