@@ -17,7 +17,7 @@ export DSW_VECTORS=${DSW_VECTORS:-$here/tests/vectors}
 
 bash scripts/deps.sh
 # Which run worker.
-real= dpy=
+real='' dpy=''
 shared=$here/../shared/dagster
 if [ -n "${DSW_DAGSTER_SRC:-}" ]; then
     src=$(cd "$DSW_DAGSTER_SRC" && pwd)
@@ -32,8 +32,8 @@ if [ -n "${DSW_DAGSTER_SRC:-}" ]; then
 elif python3 -c 'import dagster, dagster_postgres' 2>/dev/null; then
     dpy=$(command -v python3)
     real="the dagster importable by $dpy"
-elif [ -f "$shared/env.sh" ] && tree=$(ls -d "$shared"/1.* 2>/dev/null | sort -V | tail -n1) &&
-    [ -n "$tree" ]; then
+elif [ -f "$shared/env.sh" ] && tree=$(printf '%s\n' "$shared"/1.* | sort -V | tail -n1) &&
+    [ -d "$tree" ]; then
     eval "$(bash "$shared/env.sh" "$(basename "$tree")")"
     dpy=$DSW_DAGSTER_PYTHON
     real="the shared tree $(cd "$tree" && pwd)"
