@@ -66,7 +66,8 @@ echo "== pytest: the Dagster side (python/run_tests.sh) on each Dagster tree"
 DSW_BIN=$here/build/dagster-sqs-worker bash python/run_tests.sh || failed=1
 
 # Deployment (tests/deploy/): the manifests against the daemon, the .deb built from
-# build-release/ (installed and purged in a container), the image built and run with podman.
+# build-release/ (installed and purged in a container), the image built and run with podman,
+# and the worked Dagster example image executing a real Dagster job.
 # Exit 77 = could not run here: reported as SKIPPED (each test itself fails under CI=true).
 echo "== deploy (tests/deploy/)"
 deploy() { # name, command...
@@ -82,6 +83,7 @@ deploy() { # name, command...
 deploy manifests bash tests/deploy/manifests.sh build-release
 deploy deb bash tests/deploy/deb.sh build-release
 deploy container bash tests/deploy/container.sh
+deploy container-dagster bash tests/deploy/container_dagster.sh
 
 if [ "${FUZZ_SECONDS:-60}" != 0 ] && [ -x scripts/fuzz.sh ]; then
     echo "== fuzz (${FUZZ_SECONDS:-60} s per target)"

@@ -402,3 +402,16 @@ def test_no_registry_host_names():
     for d in docs:
         for c in (pod_spec(d) or {}).get("containers", []):
             assert "." not in c["image"].split("/")[0] or "/" not in c["image"], c["image"]
+
+
+def test_local_dagster_variant_is_the_example():
+    """tests/deploy/container_dagster.sh runs the example through Containerfile.dagster-local
+    (Dagster from a source tree, no package index): from the code location on, it must be the
+    example's own text, so that what runs there is what the example tells users to build."""
+    mark = "# The code location and the instance"
+    example = read("deploy", "examples", "Containerfile.dagster")
+    local = read("tests", "deploy", "Containerfile.dagster-local")
+    assert mark in example and mark in local
+    assert local[local.index(mark):] == example[example.index(mark):]
+    # The example's venv paths are what the local variant provides.
+    assert "/opt/venv/bin/dagster" in local and "/opt/venv/bin/python" in local
