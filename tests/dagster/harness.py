@@ -450,7 +450,7 @@ def sc_cancel(h, q, inst):
     t0 = time.time()
     expect(inst.run_launcher.terminate(rid), "terminate returned False")
     r = finished(h, inst, rid, "CANCELED", 0, ours_terminal=False, timeout=60)
-    r["cancel_s"] = round(time.time() - t0, 2)
+    r["cancel_s"] = round(time.time() - t0, 2)  # terminate -> CANCELED and our exit record
     return r
 
 
@@ -480,7 +480,8 @@ def sc_slow_exit(h, q, inst):
 
 
 # "success" is the taskiq (dagster-taskiq execute_job) form.
-FORMS = ["taskiq_string", "legacy", "legacy_path", "bare", "celery"]
+FORMS = ["taskiq_string", "legacy", "legacy_path", "bare", "celery", "celery_plain",
+         "celery_gzip"]
 
 
 def sc_form(form):
@@ -682,8 +683,10 @@ def main():
         res = {"scenario": name, "known": KNOWN.get(name)}
         try:
             r = fn(*args)
-            res.update(ok=True, detail=summary(r) if "claim" in r and "steps" in r else "",
-                       extra={k: r[k] for k in ("cancel_s", "failure_after_s") if k in r})
+            extra = " ".join("%s=%s" % (k, r[k]) for k in ("cancel_s", "failure_after_s")
+                             if k in r)
+            res.update(ok=True, detail=(summary(r) if "claim" in r and "steps" in r else "") +
+                       (" " + extra if extra else ""))
         except Failed as e:
             res.update(ok=False, detail=str(e))
         except Exception as e:

@@ -12,6 +12,8 @@ configured queue_url):
   bare           the ExecuteRunArgs object itself
   celery         dagster-celery: CeleryRunLauncher.launch_run where the tree has it (1.7+),
                  else Celery's send_task("execute_job", kwargs=...) as dagster-celery does
+  celery_plain   the same with kombu's sqs_base64_encoding off (the envelope as plain JSON)
+  celery_gzip    the same with Celery's task_compression = gzip (a zlib stream)
 Messages go to SQS with boto3 (Debian's python3-boto3); Celery's go through kombu's SQS
 transport, so the server must speak the Query protocol (moto).
 """
@@ -85,8 +87,8 @@ class HarnessRunLauncher(RunLauncher, ConfigurableClass):
         run = context.dagster_run
         form = run.tags.get(FORM_TAG, "taskiq")
         args = self._args(run, ExecuteRunArgs)
-        if form == "celery":
-            self._celery(run, args, context)
+        if form.startswith("celery"):
+            self._celery(run, args, context, form)
             return
         body = envelope(form, json.loads(serialize_value(args)))
         mid = _sqs(self.endpoint_url).send_message(QueueUrl=self._queue(run),
@@ -96,21 +98,29 @@ class HarnessRunLauncher(RunLauncher, ConfigurableClass):
     def _queue(self, run):
         return run.tags.get(QUEUE_TAG, self.queue_url)
 
-    def _celery(self, run, args, context):
+    def _celery(self, run, args, context, form):
         url = self._queue(run)
         name = url.rstrip("/").rsplit("/", 1)[1]
         ep = urlsplit(self.endpoint_url)
         broker = "sqs://%s:%s@%s:%d" % (KEY, SECRET, ep.hostname, ep.port)
         transport = {"is_secure": False, "region": REGION,
-                     "predefined_queues": {name: {"url": url}}}
+                     "predefined_queues": {name: {"url": url}},
+                     "sqs_base64_encoding": form != "celery_plain"}
+        # celery_gzip: Celery's compression (kombu's zlib stream, headers.compression
+        # application/x-gzip), as a deployment with compression turned on sends it.
+        compression = "gzip" if form == "celery_gzip" else None
         try:
             from dagster_celery.launcher import CeleryRunLauncher
         except ImportError:
             CeleryRunLauncher = None
         if CeleryRunLauncher is not None:
             # The real launcher, its queue named by the dagster-celery/queue tag.
-            launcher = CeleryRunLauncher(default_queue=name, broker=broker,
-                                         config_source={"broker_transport_options": transport})
+            source = {"broker_transport_options": transport}
+            if compression:
+                # Celery 5.2 compresses task messages by result_compression (task_compression
+                # is read for nothing there); later Celery by task_compression: set both.
+                source["task_compression"] = source["result_compression"] = compression
+            launcher = CeleryRunLauncher(default_queue=name, broker=broker, config_source=source)
             launcher.register_instance(self._instance)
             self._instance.add_run_tags(run.run_id, {"dagster-celery/queue": name})
             launcher.launch_run(context._replace(dagster_run=self._instance.get_run_by_id(
@@ -123,7 +133,8 @@ class HarnessRunLauncher(RunLauncher, ConfigurableClass):
         app = Celery("dagster", broker=broker)
         app.conf.broker_transport_options = transport
         res = app.send_task("execute_job", kwargs={"execute_job_args_packed": pack_value(args)},
-                            queue=name, routing_key=name + ".execute_job")
+                            queue=name, routing_key=name + ".execute_job",
+                            compression=compression)
         self._instance.add_run_tags(run.run_id, {"dagster-celery/task_id": res.task_id})
 
     def terminate(self, run_id):
