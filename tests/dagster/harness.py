@@ -36,8 +36,7 @@ TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
 # Scenarios that fail until a fix another helper is building lands (issue 13): they are run and
 # reported, but their failure does not fail the layer. A pass is reported as such.
 KNOWN = {
-    "slow_exit": "the external-terminal check (src/execution.c, TERMINAL_WAIT_MS = min(kill_grace,"
-                 " 5 s)) terminates a run worker that wrote its own RUN_SUCCESS and is exiting",
+    # "scenario": "what is being fixed, where",
 }
 
 
@@ -473,7 +472,10 @@ def sc_external_fail(h, q, inst):
 def sc_slow_exit(h, q, inst):
     """A run worker that takes longer than the daemon's wait for a terminal status to exit
     after writing its own RUN_SUCCESS (an atexit hook: uploads, flushes, pool shutdown) is
-    finishing its own run, not one someone else ended: it must be left to exit 0."""
+    finishing its own run, not one someone else ended: it must be left to exit 0. Fails while
+    src/execution.c's terminal_elsewhere() treats any SUCCESS/FAILURE the run worker outlives by
+    min(runs.kill_grace, 5 s) as set by someone else (outcome 'external', SIGTERM); the run's
+    own terminal event carries the run worker's pid, an outside one does not."""
     rid = h.launch(inst, "slow_exit_job", q, run_config={"ops": {"slow_exit_op": {"config": {
         "seconds": 7.0}}}})
     return finished(h, inst, rid, "SUCCESS", 0, ours_terminal=False, outcome="exited")
