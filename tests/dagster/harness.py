@@ -726,6 +726,8 @@ def main():
     for name, fn in (("kill9", sc_kill9), ("resume", sc_resume), ("warm", sc_warm),
                      ("equivalence", sc_equivalence)):
         record(name, fn, h, h.instance)
+    order = [g[0] for g in group] + ["kill9", "resume", "warm", "equivalence"]
+    results.sort(key=lambda r: order.index(r["scenario"]) if r["scenario"] in order else 99)
     with open(opt.out, "w") as f:
         json.dump({"version": h.version, "results": results}, f, indent=1)
 
