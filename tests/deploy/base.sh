@@ -49,7 +49,7 @@ mkdir -p "$cache"
 if [ "${DSW_BASE_REBUILD:-0}" = 1 ] || [ ! -s "$tarball" ]; then
     command -v debootstrap >/dev/null || { log "debootstrap is not installed" >&2; exit 1; }
     [ "$(id -u)" = 0 ] || { log "debootstrap needs root"; exit 1; }
-    mirror=$(apt_mirror | head -n1)
+    mirror=$(apt_mirror | sed -n 1p)
     [ -n "$mirror" ] || { log "no bookworm mirror found in /etc/apt/sources.list*"; exit 1; }
     root=$(mktemp -d "$cache/rootfs.XXXXXX")
     trap 'rm -rf "$root"' EXIT

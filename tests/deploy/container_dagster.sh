@@ -127,8 +127,8 @@ for step in greeting shout; do
     [ "$(pg -c "SELECT count(*) FROM event_logs WHERE run_id = '$run_id' AND step_key = '$step' AND dagster_event_type = 'STEP_SUCCESS'")" = 1 ] ||
         fail "no STEP_SUCCESS of $step"
 done
-pg -c "SELECT event FROM event_logs WHERE run_id = '$run_id' AND dagster_event_type IS NULL" |
-    grep -q 'HELLO FROM DAGSTER-SQS-WORKER' || fail "the op's log line is not in the event log"
+logs=$(pg -c "SELECT event FROM event_logs WHERE run_id = '$run_id' AND dagster_event_type IS NULL")
+grep -q 'HELLO FROM DAGSTER-SQS-WORKER' <<<"$logs" || fail "the op's log line is not in the event log"
 # The run worker wrote SUCCESS itself; the daemon's record (exit code) follows its exit.
 deadline=$((SECONDS + 30))
 until [ "$(pg -c "SELECT state FROM dagster_sqs_worker.run_claims WHERE run_id = '$run_id'")" = done ]; do
