@@ -1154,6 +1154,59 @@ static void test_close_at_once(void **state)
     }
 }
 
+struct tree_run {
+    struct run r;
+    long w, g;
+};
+
+static void on_tree_line(struct dsw_proc *p, enum dsw_proc_stream s, const char *line, size_t len,
+                         int truncated, void *arg)
+{
+    struct tree_run *t = arg;
+    sscanf(line, "tree %ld %ld", &t->w, &t->g);
+}
+
+static int tree_ready(void *arg)
+{
+    return ((struct tree_run *)arg)->g != 0;
+}
+
+/* A supervisor that cannot act on the kill request (stopped) is SIGKILLed after
+ * DSW_PROC_KILL_FALLBACK_MS with its children (the command's group, the adopted orphan). */
+static void test_stopped_supervisor(void **state)
+{
+    uv_loop_t loop;
+    struct tree_run t;
+    struct dsw_proc_opts o;
+    const char *argv[] = {self, "--child", "tree", NULL};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    run_init(&t.r, &o, argv);
+    t.w = t.g = 0;
+    t.r.close_in_exit = 0;
+    o.on_line = on_tree_line;
+    o.arg = &t;
+    o.on_exit = NULL;
+    assert_int_equal(dsw_proc_spawn(&loop, &o, &t.r.p), 0);
+    pid_t sup = dsw_proc_pid(t.r.p);
+    assert_true(tu_run_until(&loop, tree_ready, &t, 10000));
+    assert_int_equal(kill(sup, SIGSTOP), 0);
+    uint64_t t0 = uv_hrtime();
+    dsw_proc_close(t.r.p, on_closed, &t.r);
+    t.r.exits = 1; /* no exit callback here: on_closed checks that the report came first */
+    assert_true(tu_run_until(&loop, is_closed, &t.r, 20000));
+    tu_loop_close(&loop);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    assert_true(ms >= DSW_PROC_KILL_FALLBACK_MS - 10);
+    assert_true(ms < DSW_PROC_KILL_FALLBACK_MS + 8000);
+    /* Their supervisor is gone, so they come back to us, the subreaper, killed. */
+    int st = reap_within((pid_t)t.w, 5000);
+    assert_true(st == -1 || (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL));
+    st = reap_within((pid_t)t.g, 5000);
+    assert_true(st == -1 || (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL));
+    assert_gone(sup);
+    run_free(&t.r);
+}
+
 /* ---- the stray reaper ---- */
 
 static void wait_zombie(pid_t pid)
@@ -1386,6 +1439,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_statuses_preserved),
         cmocka_unit_test(test_signals_forwarded),
         cmocka_unit_test(test_close_at_once),
+        cmocka_unit_test(test_stopped_supervisor),
         cmocka_unit_test(test_reaper_never_steals),
         cmocka_unit_test(test_reaper_storm),
         cmocka_unit_test(test_reaper_when_needed),
