@@ -99,5 +99,7 @@ def test_daemon_decoder_accepts_the_launcher_envelope(dagster_db: str, workdir: 
         r = subprocess.run([DSW_BIN or "false", "exec", "-"], input=body, env=env,
                            capture_output=True, text=True, timeout=60)
         assert "rejected" not in r.stderr, r.stderr
-        assert "terminal" in r.stderr, r.stderr
+        kind = "resume" if resume else "execute"
+        assert f"{kind} request (taskiq form)" in r.stderr, r.stderr
+        assert "delete_terminal" in r.stderr, r.stderr
     assert inst.get_run_by_id(run.run_id).status == DagsterRunStatus.CANCELED
