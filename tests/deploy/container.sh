@@ -174,7 +174,7 @@ wait_until 60 "run ${run[success]} to be SUCCESS" is_status "${run[success]}" SU
 wait_until 60 "run ${run[grandchild]} to be SUCCESS" is_status "${run[grandchild]}" SUCCESS
 log "runs executed in the container: SUCCESS in $((SECONDS - t0)) s"
 # The run worker wrote SUCCESS itself; the daemon's record (exit code) follows its exit.
-claim_done() { [ "$(pg -c "SELECT state FROM dagster_sqs_worker.run_claims WHERE run_id = '$1'")" = done ]; }
+claim_done() { [ "$(pg -c "SELECT state FROM dagster_sqs_worker.run_claims WHERE run_id = '$1'")" = "done" ]; }
 wait_until 30 "the daemon's record of ${run[success]}" claim_done "${run[success]}"
 exit_code=$(pg -c "SELECT exit_code FROM dagster_sqs_worker.run_claims WHERE run_id = '${run[success]}'")
 [ "$exit_code" = 0 ] || fail "recorded exit code '$exit_code'"

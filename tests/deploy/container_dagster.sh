@@ -131,7 +131,7 @@ logs=$(pg -c "SELECT event FROM event_logs WHERE run_id = '$run_id' AND dagster_
 grep -q 'HELLO FROM DAGSTER-SQS-WORKER' <<<"$logs" || fail "the op's log line is not in the event log"
 # The run worker wrote SUCCESS itself; the daemon's record (exit code) follows its exit.
 deadline=$((SECONDS + 30))
-until [ "$(pg -c "SELECT state FROM dagster_sqs_worker.run_claims WHERE run_id = '$run_id'")" = done ]; do
+until [ "$(pg -c "SELECT state FROM dagster_sqs_worker.run_claims WHERE run_id = '$run_id'")" = "done" ]; do
     [ $SECONDS -lt $deadline ] || break
     sleep 0.2
 done

@@ -13,6 +13,7 @@ if ! /usr/bin/python3 -c 'import yaml, pytest' 2>/dev/null; then
         python3-yaml python3-pytest >/dev/null
 fi
 if [ -n "${1:-}" ]; then
-    export DSW_BIN=$(cd "$1" && pwd)/dagster-sqs-worker
+    DSW_BIN=$(cd "$1" && pwd)/dagster-sqs-worker
+    export DSW_BIN
 fi
 exec /usr/bin/python3 -m pytest -q -p no:cacheprovider -rs tests/deploy/test_manifests.py
