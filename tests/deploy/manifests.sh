@@ -16,4 +16,5 @@ if [ -n "${1:-}" ]; then
     DSW_BIN=$(cd "$1" && pwd)/dagster-sqs-worker
     export DSW_BIN
 fi
+export PYTHONDONTWRITEBYTECODE=1
 exec /usr/bin/python3 -m pytest -q -p no:cacheprovider -rs tests/deploy/test_manifests.py
