@@ -322,10 +322,17 @@ void dsw_execution_heartbeat(struct dsw_execution *e)
         e->heartbeat_busy = true;
 }
 
-/* A terminal status the run worker writes itself comes just before it exits: only one that it
- * outlives by the wait (and at least one more poll) was set by someone else. */
-static bool terminal_elsewhere(struct dsw_execution *e)
+/* A terminal status set by someone else: its event carries no run worker's pid (Dagster's run
+ * worker writes its own; report_run_failed from run monitoring or the UI writes none). Dagster
+ * writes the event before the status, so the poll sees both; the wait (and at least one more
+ * poll) keeps a margin anyway. A run worker lingering after its own outcome (atexit hooks,
+ * flushing) is not stopped. */
+static bool terminal_elsewhere(struct dsw_execution *e, const struct dsw_store_status_row *row)
 {
+    if (row->by_run_worker) {
+        e->terminal_seen = 0;
+        return false;
+    }
     uint64_t now = dsw_now_ms();
     uint64_t wait = (uint64_t)DSW_MIN(e->conf->runs.kill_grace_ms, TERMINAL_WAIT_MS);
     if (!e->terminal_seen) {
@@ -335,8 +342,9 @@ static bool terminal_elsewhere(struct dsw_execution *e)
     return now - e->terminal_seen >= wait;
 }
 
-void dsw_execution_status(struct dsw_execution *e, enum dsw_store_status status)
+void dsw_execution_status(struct dsw_execution *e, const struct dsw_store_status_row *row)
 {
+    enum dsw_store_status status = row->status;
     if (!dsw_execution_watching(e))
         return;
     if (status == DSW_STATUS_CANCELING || status == DSW_STATUS_CANCELED) {
@@ -344,7 +352,7 @@ void dsw_execution_status(struct dsw_execution *e, enum dsw_store_status status)
         elog(DSW_LOG_INFO, e, "cancel", "run is %s: terminating the run worker",
              dsw_store_status_name(status));
     } else if (status == DSW_STATUS_SUCCESS || status == DSW_STATUS_FAILURE) {
-        if (!terminal_elsewhere(e))
+        if (!terminal_elsewhere(e, row))
             return;
         e->external = true;
         elog(DSW_LOG_WARN, e, "terminal_elsewhere",

@@ -101,7 +101,7 @@ static void on_polled(int status, const struct dsw_store_status_row *rows, size_
         {
             const char *id = dsw_pipeline_run_id(p);
             if (id && strcmp(id, rows[i].run_id) == 0)
-                dsw_pipeline_status(p, rows[i].status);
+                dsw_pipeline_status(p, &rows[i]);
         }
     }
     maybe_free(hb);

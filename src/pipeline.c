@@ -668,10 +668,10 @@ bool dsw_pipeline_watching(const struct dsw_pipeline *p)
     return p->exec && dsw_execution_watching(p->exec);
 }
 
-void dsw_pipeline_status(struct dsw_pipeline *p, enum dsw_store_status status)
+void dsw_pipeline_status(struct dsw_pipeline *p, const struct dsw_store_status_row *row)
 {
     if (p->exec)
-        dsw_execution_status(p->exec, status);
+        dsw_execution_status(p->exec, row);
 }
 
 void dsw_pipeline_terminate(struct dsw_pipeline *p)

@@ -118,7 +118,15 @@ static const char SQL_LOAD[] =
     "  ORDER BY t.id DESC LIMIT 1), " CLAIM_COLS(
         "c.") " FROM runs r"
               " LEFT JOIN " CLAIMS " c ON c.run_id = r.run_id WHERE r.run_id = $1";
-static const char SQL_POLL[] = "SELECT run_id, status FROM runs WHERE run_id = ANY($1::text[])";
+/* by_run_worker: for a terminal run, whether its last PIPELINE_SUCCESS/FAILURE event came from a
+ * run worker (Dagster's run worker writes its pid in the event; instance.report_run_failed from
+ * run monitoring, the UI or a script writes none). NULL when there is no such event. */
+static const char SQL_POLL[] =
+    "SELECT r.run_id, r.status, CASE WHEN r.status IN ('SUCCESS', 'FAILURE') THEN"
+    " (SELECT (e.event::json -> 'dagster_event' ->> 'pid') IS NOT NULL FROM event_logs e"
+    " WHERE e.run_id = r.run_id AND e.dagster_event_type IN ('PIPELINE_SUCCESS',"
+    " 'PIPELINE_FAILURE') ORDER BY e.id DESC LIMIT 1) END"
+    " FROM runs r WHERE r.run_id = ANY($1::text[])";
 
 static const char SQL_CLAIM[] =
     "INSERT INTO " CLAIMS " AS c (run_id, kind, worker_id, fencing_token, message_id,"
@@ -357,6 +365,8 @@ static void on_poll(int status, const struct dsw_db_result *r, void *arg)
     for (size_t i = 0; i < n; i++) {
         rows[i].run_id = dsw_db_result_value(r, (int)i, 0);
         rows[i].status = dsw_store_status_parse(dsw_db_result_value(r, (int)i, 1));
+        const char *w = dsw_db_result_value(r, (int)i, 2);
+        rows[i].by_run_worker = w && w[0] == 't';
     }
     c->cb.poll(status, rows, n, c->arg);
     free(rows);

@@ -53,7 +53,7 @@ bool dsw_execution_watching(const struct dsw_execution *e);
 void dsw_execution_heartbeat(struct dsw_execution *e);
 
 /* The run's status as polled: see dsw_pipeline_status. */
-void dsw_execution_status(struct dsw_execution *e, enum dsw_store_status status);
+void dsw_execution_status(struct dsw_execution *e, const struct dsw_store_status_row *row);
 
 /* Terminate the child because the daemon drains (outcome "drained"). */
 void dsw_execution_terminate(struct dsw_execution *e);

@@ -86,9 +86,11 @@ void dsw_pipeline_heartbeat(struct dsw_pipeline *p);
 bool dsw_pipeline_watching(const struct dsw_pipeline *p);
 
 /* The run's status as the poll found it. CANCELING or CANCELED: cancel; SUCCESS or FAILURE set
- * by someone else: stop the child too and record its exit without touching the outcome. Both
- * SIGTERM the child's group, SIGKILL after runs.kill_grace. Other statuses: nothing. */
-void dsw_pipeline_status(struct dsw_pipeline *p, enum dsw_store_status status);
+ * by someone else (its event has no run worker's pid): stop the child too and record its exit
+ * without touching the outcome. Both SIGTERM the child's group, SIGKILL after runs.kill_grace.
+ * A terminal status the run worker wrote itself, and other statuses: nothing (a run worker that
+ * lingers after its own outcome is left to exit, bounded by max_runtime). */
+void dsw_pipeline_status(struct dsw_pipeline *p, const struct dsw_store_status_row *row);
 
 /* The drain deadline passed (or a second signal): terminate the child (outcome "drained"). */
 void dsw_pipeline_terminate(struct dsw_pipeline *p);

@@ -127,6 +127,7 @@ int dsw_store_load(struct dsw_store *s, const char *run_id, dsw_store_load_cb cb
 struct dsw_store_status_row {
     const char *run_id;
     enum dsw_store_status status;
+    bool by_run_worker; /* SUCCESS/FAILURE written by a run worker's own event (it has a pid) */
 };
 typedef void (*dsw_store_poll_cb)(int status, const struct dsw_store_status_row *rows, size_t nrows,
                                   void *arg);

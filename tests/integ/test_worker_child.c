@@ -208,6 +208,25 @@ static void test_terminal_elsewhere(void **state)
     stop(d);
 }
 
+/* A run worker that lingers after writing its own SUCCESS (a slow atexit hook) is not taken for
+ * a run made terminal elsewhere: it exits by itself with code 0 and outcome "exited". The linger
+ * (3 s) is well past the wait for an external status (min(kill_grace 1 s, 5 s) + a 200 ms poll). */
+static void test_lingers_after_own_outcome(void **state)
+{
+    char id[37];
+    tu_run_new(id, "STARTING", "linger:3");
+    send_run(id);
+    struct tu_daemon *d = start();
+    assert_true(claim_done(id));
+    assert_true(tu_eq_free(tu_claim_col(id, "outcome"), "exited"));
+    assert_true(tu_eq_free(tu_claim_col(id, "exit_code"), "0"));
+    assert_true(tu_eq_free(tu_run_status(id), "SUCCESS"));
+    assert_true(tu_run_event_has(id, "Run worker exited with code 0"));
+    assert_false(tu_daemon_log_has(d, "outside its run worker"));
+    assert_true(tu_wait_queue_empty(&q, WAIT_MS));
+    stop(d);
+}
+
 /* The grandchild's pid, from the fake's stderr line in the daemon's log. */
 static pid_t grandchild_of(struct tu_daemon *d)
 {
@@ -302,6 +321,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cancel_ignores_sigterm, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_grandchild, setup, teardown),
         cmocka_unit_test_setup_teardown(test_terminal_elsewhere, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lingers_after_own_outcome, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_runtime, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flood, setup, teardown),
     };

@@ -19,6 +19,8 @@
  *   ignore_sigterm[:N] SIGTERM ignored; sleep N seconds (default 600), then succeed
  *   grandchild[:N]     fork a grandchild in the same process group that sleeps 600 s with
  *                      stdio on /dev/null (pid on stderr); then behave like sleep:N (default 0)
+ *   linger[:N]         succeed, then stay N seconds (default 3) before exiting, as a run
+ *                      worker with a slow atexit hook does (its own outcome is already written)
  *   flood[:N]          print N (default 20000) stdout lines at once, then succeed
  *   exit_early         exit 1 with an error on stderr before writing any event (bad args)
  *   fast               the least a successful run writes: START + STARTED, PIPELINE_SUCCESS +
@@ -282,6 +284,9 @@ static void log_line(struct fake *f, const char *text)
     record(f, &ev, NULL, 0);
 }
 
+static double arg_of(const char *behavior, double dflt);
+static int behaves(const struct fake *f, const char *name);
+
 /* The end of _execute_run_command_body: the exit event, the buffered lines, the exit code. */
 static void finish(struct fake *f, int code)
 {
@@ -294,6 +299,13 @@ static void finish(struct fake *f, int code)
     fputs(dsw_buf_str(&f->out), stdout);
     fflush(stdout);
     PQfinish(f->pg);
+    if (behaves(f, "linger")) {
+        double end = dsw_wall_time() + arg_of(f->behavior, 3);
+        while (dsw_wall_time() < end) {
+            struct timespec ts = {0, 50 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
     exit(code);
 }
 
