@@ -61,6 +61,11 @@ done
 # an importable dagster, ../shared/dagster/*); prints scenario x tree. CI=true: none found fails.
 echo "== real Dagster (tests/dagster/run.py)"
 /usr/bin/python3 tests/dagster/run.py --build build || failed=1
+# The daemon's own rows (crash, lost worker, cancel) read back by Dagster's API on each tree.
+# Exit 77: no Dagster found (not counted as passed; CI=true makes that exit 1).
+rc=0
+/usr/bin/python3 tests/dagster/records_check.py --build build || rc=$?
+case $rc in 0) ;; 77) echo "records_check: DID NOT RUN (no Dagster)" ;; *) failed=1 ;; esac
 
 echo "== pytest: the Dagster side (python/run_tests.sh) on each Dagster tree"
 DSW_BIN=$here/build/dagster-sqs-worker bash python/run_tests.sh || failed=1
