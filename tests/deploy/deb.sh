@@ -13,7 +13,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$here"
-bdir=${1:-$here/build-deb}
+bdir=$(realpath -m "${1:-$here/build-deb}") # absolute: podman -v needs it
 t_start=$SECONDS
 fail() { echo "deb: FAIL: $*" >&2; exit 1; }
 log() { echo "deb: $*"; }
