@@ -328,20 +328,7 @@ static void test_statuses(void **state)
 
 /* ---- (e) the daemon ---- */
 
-static struct tu_queue q;
-static struct tu_env env;
-
-static int setup(void **state)
-{
-    tu_worker_setup(&q, &env, true);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    tu_worker_teardown(&env);
-    return 0;
-}
+TU_WORKER_FIXTURE(true)
 
 /* A small /proc file ("" when it cannot be read). */
 static void read_proc(pid_t pid, const char *what, char *buf, size_t n)

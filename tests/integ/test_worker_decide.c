@@ -14,20 +14,7 @@
 
 #define WAIT_MS 20000
 
-static struct tu_queue q;
-static struct tu_env env;
-
-static int setup(void **state)
-{
-    tu_worker_setup(&q, &env, false);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    tu_worker_teardown(&env);
-    return 0;
-}
+TU_WORKER_FIXTURE(false)
 
 static void send_run(const char *id, char *msg_id, size_t n)
 {

@@ -13,20 +13,7 @@
 #define RUNS    200
 #define DAEMONS 3
 
-static struct tu_queue q;
-static struct tu_env env;
-
-static int setup(void **state)
-{
-    tu_worker_setup(&q, &env, false);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    tu_worker_teardown(&env);
-    return 0;
-}
+TU_WORKER_FIXTURE(false)
 
 static void test_exactly_once(void **state)
 {

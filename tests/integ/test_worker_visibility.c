@@ -14,20 +14,7 @@
 #define WAIT_MS 30000
 #define RUN     "sleep:13"
 
-static struct tu_queue q;
-static struct tu_env env;
-
-static int setup(void **state)
-{
-    tu_worker_setup(&q, &env, false);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    tu_worker_teardown(&env);
-    return 0;
-}
+TU_WORKER_FIXTURE(false)
 
 static int count(const struct tu_daemon *d, const char *needle)
 {

@@ -160,6 +160,24 @@ void tu_worker_db_init(void);
  * Teardown kills and reaps every daemon and frees the environment (and drops the database). */
 void tu_worker_setup(struct tu_queue *q, struct tu_env *env, bool fresh_db);
 void tu_worker_teardown(struct tu_env *env);
+
+/* The fixture every daemon test file shares: its queue q, its env, and cmocka's setup (a fresh
+ * database when fresh_db) and teardown. */
+#define TU_WORKER_FIXTURE(fresh_db)                                                                \
+    static struct tu_queue q;                                                                      \
+    static struct tu_env env;                                                                      \
+    static int setup(void **state)                                                                 \
+    {                                                                                              \
+        (void)state;                                                                               \
+        tu_worker_setup(&q, &env, fresh_db);                                                       \
+        return 0;                                                                                  \
+    }                                                                                              \
+    static int teardown(void **state)                                                              \
+    {                                                                                              \
+        (void)state;                                                                               \
+        tu_worker_teardown(&env);                                                                  \
+        return 0;                                                                                  \
+    }
 /* Send run_id's execute_job envelope to q (msg_id, when not NULL, receives the MessageId). */
 void tu_send_run(const struct tu_queue *q, const char *run_id, char *msg_id, size_t n);
 /* A claim row for run_id as another (possibly dead) worker would have left it: state,
