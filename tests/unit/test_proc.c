@@ -290,6 +290,15 @@ static int has_ready(void *arg)
     return ((struct run *)arg)->ready != 0;
 }
 
+/* Spawn on `loop` and run it until the command says it is ready; the supervisor's pid. */
+static int spawn_ready(uv_loop_t *loop, struct run *r, const struct dsw_proc_opts *o)
+{
+    assert_int_equal(dsw_proc_spawn(loop, o, &r->p), 0);
+    int pid = dsw_proc_pid(r->p);
+    assert_true(tu_run_until(loop, has_ready, r, 10000));
+    return pid;
+}
+
 static void run_init(struct run *r, struct dsw_proc_opts *o, const char *const *argv)
 {
     memset(r, 0, sizeof(*r));
@@ -302,6 +311,14 @@ static void run_init(struct run *r, struct dsw_proc_opts *o, const char *const *
     o->on_drop = on_drop;
     o->on_exit = on_exit_cb;
     o->arg = r;
+}
+
+/* A fresh loop and run_init: the start of a case that drives the loop itself. */
+static void run_begin(uv_loop_t *loop, struct run *r, struct dsw_proc_opts *o,
+                      const char *const *argv)
+{
+    assert_int_equal(uv_loop_init(loop), 0);
+    run_init(r, o, argv);
 }
 
 /* Spawn, wait for the report and the close callback, close the loop. */
@@ -319,6 +336,29 @@ static void run_all(uv_loop_t *loop, struct run *r, const struct dsw_proc_opts *
 static void run_free(struct run *r)
 {
     dsw_buf_free(&r->out);
+}
+
+/* One command from spawn to close on a loop of its own (run_init, then run_all). `with` (may
+ * be NULL) carries what a case sets: env, cwd, trampoline (NULL there keeps ours), direct and
+ * the limits; argv and the callbacks are run_init's. */
+static void run_one(struct run *r, const char *const *argv, const struct dsw_proc_opts *with)
+{
+    uv_loop_t loop;
+    struct dsw_proc_opts o;
+    run_begin(&loop, r, &o, argv);
+    if (with) {
+        o.env = with->env;
+        o.cwd = with->cwd;
+        if (with->trampoline)
+            o.trampoline = with->trampoline;
+        o.direct = with->direct;
+        o.timeout_ms = with->timeout_ms;
+        o.kill_grace_ms = with->kill_grace_ms;
+        o.line_max = with->line_max;
+        o.lines_per_sec = with->lines_per_sec;
+        o.drain_ms = with->drain_ms;
+    }
+    run_all(&loop, r, &o);
 }
 
 /* Reap a process that was reparented to us (we are a subreaper); return its wait status. */
@@ -341,13 +381,9 @@ static void test_exit_codes(void **state)
 {
     static const char *codes[] = {"0", "1", "3"};
     for (size_t i = 0; i < DSW_ARRAY_LEN(codes); i++) {
-        uv_loop_t loop;
         struct run r;
-        struct dsw_proc_opts o;
         const char *argv[] = {self, "--child", "exit", codes[i], NULL};
-        assert_int_equal(uv_loop_init(&loop), 0);
-        run_init(&r, &o, argv);
-        run_all(&loop, &r, &o);
+        run_one(&r, argv, NULL);
         assert_int_equal(r.st.exit_code, atoi(codes[i]));
         assert_int_equal(r.st.term_signal, 0);
         assert_int_equal(r.st.killed, DSW_PROC_NOT_KILLED);
@@ -359,13 +395,9 @@ static void test_exit_codes(void **state)
 
 static void test_killed_by_signal(void **state)
 {
-    uv_loop_t loop;
     struct run r;
-    struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "sigkill", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
-    run_all(&loop, &r, &o);
+    run_one(&r, argv, NULL);
     assert_int_equal(r.st.term_signal, SIGKILL);
     assert_int_equal(r.st.exit_code, -1);
     assert_int_equal(r.st.killed, DSW_PROC_NOT_KILLED);
@@ -374,13 +406,9 @@ static void test_killed_by_signal(void **state)
 
 static void test_lines_before_exit(void **state)
 {
-    uv_loop_t loop;
     struct run r;
-    struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "echo", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
-    run_all(&loop, &r, &o);
+    run_one(&r, argv, NULL);
     assert_int_equal(r.st.exit_code, 0);
     assert_int_equal(r.lines_at_exit, 5);
     assert_int_equal(r.st.lines, 5);
@@ -393,18 +421,13 @@ static void test_lines_before_exit(void **state)
 
 static void test_long_lines(void **state)
 {
-    uv_loop_t loop;
     struct run r;
-    struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "long", NULL};
     char x100[101], expect[512];
     memset(x100, 'x', 100);
     x100[100] = '\0';
     snprintf(expect, sizeof(expect), "T:%s\nO:after\nO:%s\nT:%s\nO:end\n", x100, x100, x100);
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
-    o.line_max = 100;
-    run_all(&loop, &r, &o);
+    run_one(&r, argv, &(struct dsw_proc_opts){.line_max = 100});
     assert_string_equal(dsw_buf_str(&r.out), expect);
     assert_int_equal(r.st.lines_truncated, 2);
     assert_int_equal(r.st.lines, 5);
@@ -444,8 +467,7 @@ static void test_flood(void **state)
     struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "flood", "200000", NULL};
     long rss0 = rss_kib();
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
+    run_begin(&loop, &r, &o, argv);
     o.lines_per_sec = 100;
     uv_timer_init(&loop, &tick);
     tick.data = &k;
@@ -471,15 +493,9 @@ static void test_flood(void **state)
 
 static void test_timeout(void **state)
 {
-    uv_loop_t loop;
     struct run r;
-    struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "sleep", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
-    o.timeout_ms = 200;
-    o.kill_grace_ms = 10000;
-    run_all(&loop, &r, &o);
+    run_one(&r, argv, &(struct dsw_proc_opts){.timeout_ms = 200, .kill_grace_ms = 10000});
     assert_int_equal(r.st.term_signal, SIGTERM);
     assert_int_equal(r.st.killed, DSW_PROC_TIMEOUT);
     assert_int_equal(r.st.sigkilled, 0);
@@ -503,13 +519,10 @@ static void escalate(uint64_t timeout_ms, enum dsw_proc_reason want)
     struct run r;
     struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "stubborn", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
+    run_begin(&loop, &r, &o, argv);
     o.timeout_ms = timeout_ms;
     o.kill_grace_ms = 300;
-    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
-    int pgid = dsw_proc_pid(r.p);
-    assert_true(tu_run_until(&loop, has_ready, &r, 10000));
+    int pgid = spawn_ready(&loop, &r, &o);
     assert_true(r.ready > 0);
     /* In the command's group (not the supervisor's), in the supervisor's session. */
     pid_t group = getpgid((pid_t)r.ready);
@@ -548,13 +561,10 @@ static void test_close_while_running(void **state)
     struct run r;
     struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "stubborn", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
+    run_begin(&loop, &r, &o, argv);
     r.close_in_exit = 0;
     o.kill_grace_ms = 60000;
-    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
-    int pgid = dsw_proc_pid(r.p);
-    assert_true(tu_run_until(&loop, has_ready, &r, 10000));
+    int pgid = spawn_ready(&loop, &r, &o);
     dsw_proc_close(r.p, on_closed, &r);
     assert_true(tu_run_until(&loop, is_closed, &r, 10000));
     tu_loop_close(&loop);
@@ -571,16 +581,10 @@ static void test_close_while_running(void **state)
  * direct child can leave one behind (through the trampoline, see test_escape_contained). */
 static void test_drain_cap(void **state)
 {
-    uv_loop_t loop;
     struct run r;
-    struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "escape", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
-    o.direct = 1;
-    o.drain_ms = 200;
     uint64_t t0 = uv_hrtime();
-    run_all(&loop, &r, &o);
+    run_one(&r, argv, &(struct dsw_proc_opts){.direct = 1, .drain_ms = 200});
     uint64_t ms = (uv_hrtime() - t0) / 1000000;
     assert_int_equal(r.st.exit_code, 0);
     assert_true(ms >= 190);
@@ -594,15 +598,10 @@ static void test_drain_cap(void **state)
  * reaped by the supervisor as soon as the command exits: no drain wait, nothing left. */
 static void test_escape_contained(void **state)
 {
-    uv_loop_t loop;
     struct run r;
-    struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "escape", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
-    o.drain_ms = 10000;
     uint64_t t0 = uv_hrtime();
-    run_all(&loop, &r, &o);
+    run_one(&r, argv, &(struct dsw_proc_opts){.drain_ms = 10000});
     uint64_t ms = (uv_hrtime() - t0) / 1000000;
     assert_int_equal(r.st.exit_code, 0);
     assert_true(r.ready > 0);
@@ -614,16 +613,11 @@ static void test_escape_contained(void **state)
 
 static void test_group_and_cwd(void **state)
 {
-    uv_loop_t loop;
     struct run r;
-    struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "ids", NULL};
     char *dir = tu_tmpdir();
     char want[PATH_MAX * 2];
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
-    o.cwd = dir;
-    run_all(&loop, &r, &o);
+    run_one(&r, argv, &(struct dsw_proc_opts){.cwd = dir});
     /* The command leads a group of its own in the supervisor's session (sid == our child). */
     long pid = 0, pgrp = 0, sid = 0;
     assert_int_equal(sscanf(dsw_buf_str(&r.out), "O:%ld %ld %ld", &pid, &pgrp, &sid), 3);
@@ -639,16 +633,11 @@ static void test_group_and_cwd(void **state)
 static void test_no_inherited_fds(void **state)
 {
     for (int direct = 0; direct < 2; direct++) {
-        uv_loop_t loop;
         struct run r;
-        struct dsw_proc_opts o;
         const char *argv[] = {self, "--child", "fds", NULL};
         int leak = dup(0);
         assert_true(leak >= 0);
-        assert_int_equal(uv_loop_init(&loop), 0);
-        run_init(&r, &o, argv);
-        o.direct = direct;
-        run_all(&loop, &r, &o);
+        run_one(&r, argv, &(struct dsw_proc_opts){.direct = direct});
         close(leak);
         if (direct)
             assert_string_not_equal(dsw_buf_str(&r.out), "O:fds 0\n");
@@ -660,20 +649,17 @@ static void test_no_inherited_fds(void **state)
 
 static void test_exec_failures(void **state)
 {
-    uv_loop_t loop;
     struct run r;
-    struct dsw_proc_opts o;
     const char *argv[] = {"/nonexistent/dagster", "api", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
-    run_all(&loop, &r, &o);
+    run_one(&r, argv, NULL);
     assert_int_equal(r.st.exit_code, 127);
     assert_non_null(strstr(dsw_buf_str(&r.out), "E:dagster-sqs-worker: cannot execute"));
     run_free(&r);
 
     /* A trampoline that cannot be executed fails the spawn itself; no callback, no leak. */
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
+    uv_loop_t loop;
+    struct dsw_proc_opts o;
+    run_begin(&loop, &r, &o, argv);
     o.trampoline = "/nonexistent/trampoline";
     struct dsw_proc *p = (struct dsw_proc *)&r;
     assert_int_equal(dsw_proc_spawn(&loop, &o, &p), -ENOENT);
@@ -690,14 +676,9 @@ static void test_exec_failures(void **state)
  * died between fork and prctl). */
 static void test_trampoline_parent_check(void **state)
 {
-    uv_loop_t loop;
     struct run r;
-    struct dsw_proc_opts o;
     const char *argv[] = {self, DSW_PROC_TRAMPOLINE_ARG, "1", self, "--child", "echo", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
-    o.direct = 1;
-    run_all(&loop, &r, &o);
+    run_one(&r, argv, &(struct dsw_proc_opts){.direct = 1});
     assert_int_equal(r.st.exit_code, 127);
     assert_string_equal(dsw_buf_str(&r.out), "");
     run_free(&r);
@@ -766,8 +747,7 @@ static void test_default_trampoline(void **state)
     struct run r;
     struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "exit", "7", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
+    run_begin(&loop, &r, &o, argv);
     o.trampoline = NULL;
     run_all(&loop, &r, &o);
     assert_int_equal(r.st.exit_code, 7);
@@ -830,14 +810,9 @@ static void test_env_child(void **state)
 {
     const char *env[] = {"PATH=/usr/bin:/bin", "DAGSTER_HOME=/srv/dh", NULL};
     for (int empty = 0; empty < 2; empty++) {
-        uv_loop_t loop;
         struct run r;
-        struct dsw_proc_opts o;
         const char *argv[] = {self, "--child", "env", NULL};
-        assert_int_equal(uv_loop_init(&loop), 0);
-        run_init(&r, &o, argv);
-        o.env = empty ? NULL : env;
-        run_all(&loop, &r, &o);
+        run_one(&r, argv, &(struct dsw_proc_opts){.env = empty ? NULL : env});
         assert_int_equal(r.st.exit_code, 0);
         assert_string_equal(dsw_buf_str(&r.out),
                             empty ? "" : "O:PATH=/usr/bin:/bin\nO:DAGSTER_HOME=/srv/dh\n");
@@ -867,8 +842,7 @@ static void test_stdin_pipe(void **state)
         struct dsw_proc_opts o;
         const char *argv[] = {self, "--child", "stdin", NULL};
         char want[64];
-        assert_int_equal(uv_loop_init(&loop), 0);
-        run_init(&r, &o, argv);
+        run_begin(&loop, &r, &o, argv);
         o.stdin_pipe = 1;
         assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
         assert_int_equal(dsw_proc_stdin_write(r.p, data, sizes[i]), 0);
@@ -891,8 +865,7 @@ static void test_stdin_errors(void **state)
     struct run r;
     struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "stdin", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
+    run_begin(&loop, &r, &o, argv);
     assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
     assert_int_equal(dsw_proc_stdin_write(r.p, "x", 1), -EBADF);
     assert_true(tu_run_until(&loop, is_closed, &r, 20000));
@@ -901,11 +874,9 @@ static void test_stdin_errors(void **state)
     run_free(&r);
 
     const char *argv2[] = {self, "--child", "closein", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv2);
+    run_begin(&loop, &r, &o, argv2);
     o.stdin_pipe = 1;
-    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
-    assert_true(tu_run_until(&loop, has_ready, &r, 10000));
+    spawn_ready(&loop, &r, &o);
     assert_int_equal(dsw_proc_stdin_write(r.p, "x", 1), -EPIPE);
     assert_int_equal(dsw_proc_stdin_write(r.p, "x", 1), -EBADF);
     dsw_proc_terminate(r.p, DSW_PROC_TERMINATE);
@@ -927,8 +898,7 @@ static void test_adopt(void **state)
     struct run a, b;
     struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "handover", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&b, &o, argv);
+    run_begin(&loop, &b, &o, argv);
     run_init(&a, &o, argv);
     a.close_in_exit = 0;
     o.stdin_pipe = 1;
@@ -976,10 +946,8 @@ static void test_adopt_refused(void **state)
     struct dsw_proc_opts o;
     struct dsw_proc_hooks h = {.on_exit = on_exit_cb};
     const char *argv[] = {self, "--child", "stubborn", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
-    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
-    assert_true(tu_run_until(&loop, has_ready, &r, 10000));
+    run_begin(&loop, &r, &o, argv);
+    spawn_ready(&loop, &r, &o);
     h.arg = &r;
     dsw_proc_terminate(r.p, DSW_PROC_TERMINATE);
     assert_int_equal(dsw_proc_adopt(r.p, &h), -EBUSY);
@@ -991,12 +959,10 @@ static void test_adopt_refused(void **state)
     /* A grandchild that left the group holds stdout: the child is reaped, the report waits
      * (direct: through the trampoline nothing is left to hold it). */
     const char *argv2[] = {self, "--child", "escape", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv2);
+    run_begin(&loop, &r, &o, argv2);
     o.direct = 1;
     o.drain_ms = 60000;
-    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
-    assert_true(tu_run_until(&loop, has_ready, &r, 10000));
+    spawn_ready(&loop, &r, &o);
     assert_true(tu_run_until(&loop, reaped, r.p, 10000));
     assert_int_equal(dsw_proc_adopt(r.p, &h), -ESRCH);
     assert_int_equal(r.exits, 0);
@@ -1011,13 +977,9 @@ static void test_adopt_refused(void **state)
 static void test_first_line_ms(void **state)
 {
     for (int quiet = 0; quiet < 2; quiet++) {
-        uv_loop_t loop;
         struct run r;
-        struct dsw_proc_opts o;
         const char *argv[] = {self, "--child", quiet ? "exit" : "echo", "0", NULL};
-        assert_int_equal(uv_loop_init(&loop), 0);
-        run_init(&r, &o, argv);
-        run_all(&loop, &r, &o);
+        run_one(&r, argv, NULL);
         if (quiet)
             assert_int_equal(r.st.first_line_ms, -1);
         else
@@ -1056,14 +1018,9 @@ static void test_statuses_preserved(void **state)
     assert_int_equal(SIGUSR2, 12);
     for (int direct = 0; direct < 2; direct++) {
         for (size_t i = 0; i < DSW_ARRAY_LEN(cases); i++) {
-            uv_loop_t loop;
             struct run r;
-            struct dsw_proc_opts o;
             const char *argv[] = {self, "--child", cases[i].mode, cases[i].arg, NULL};
-            assert_int_equal(uv_loop_init(&loop), 0);
-            run_init(&r, &o, argv);
-            o.direct = direct;
-            run_all(&loop, &r, &o);
+            run_one(&r, argv, &(struct dsw_proc_opts){.direct = direct});
             if (r.st.exit_code != cases[i].code || r.st.term_signal != cases[i].sig)
                 fail_msg("%s %s (direct %d): exit %d signal %d", cases[i].mode,
                          cases[i].arg ? cases[i].arg : "", direct, r.st.exit_code,
@@ -1101,12 +1058,9 @@ static void test_signals_forwarded(void **state)
     struct run r;
     struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "traps", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&r, &o, argv);
+    run_begin(&loop, &r, &o, argv);
     o.kill_grace_ms = 10000;
-    assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
-    int t = dsw_proc_pid(r.p);
-    assert_true(tu_run_until(&loop, has_ready, &r, 10000));
+    int t = spawn_ready(&loop, &r, &o);
     static const struct {
         int sig;
         const char *line;
@@ -1139,8 +1093,7 @@ static void test_close_at_once(void **state)
         struct run r;
         struct dsw_proc_opts o;
         const char *argv[] = {self, "--child", "tree", NULL};
-        assert_int_equal(uv_loop_init(&loop), 0);
-        run_init(&r, &o, argv);
+        run_begin(&loop, &r, &o, argv);
         r.close_in_exit = 0;
         assert_int_equal(dsw_proc_spawn(&loop, &o, &r.p), 0);
         int pgid = dsw_proc_pid(r.p);
@@ -1179,8 +1132,7 @@ static void test_stopped_supervisor(void **state)
     struct tree_run t;
     struct dsw_proc_opts o;
     const char *argv[] = {self, "--child", "tree", NULL};
-    assert_int_equal(uv_loop_init(&loop), 0);
-    run_init(&t.r, &o, argv);
+    run_begin(&loop, &t.r, &o, argv);
     t.w = t.g = 0;
     t.r.close_in_exit = 0;
     o.on_line = on_tree_line;
