@@ -68,24 +68,44 @@ static void wait_log(struct tu_daemon *d, const char *needle, int n)
         fail_msg("the daemon's log never had %d x '%s'", n, needle);
 }
 
+/* n runs of the "success" job in the statuses st, one message each on the queue. */
+static void new_runs_sent(int n, const char *const *st, char (*id)[37])
+{
+    for (int i = 0; i < n; i++) {
+        tu_run_new(id[i], st[i], "success");
+        send_run(id[i], NULL, 0);
+    }
+}
+
+/* The run as it was made: its status, never started, no event written. */
+static void assert_untouched(const char *id, const char *status)
+{
+    assert_true(tu_eq_free(tu_run_status(id), status));
+    assert_int_equal(tu_run_starts(id), 0);
+    assert_int_equal(tu_run_events(id, NULL), 0);
+}
+
+/* Every run's claim reached state done, then the queue is empty. */
+static void wait_claims_done(int n, char (*id)[37])
+{
+    for (int i = 0; i < n; i++)
+        assert_true(tu_wait_sql("SELECT state FROM dagster_sqs_worker.run_claims WHERE run_id = $1",
+                                id[i], "done", WAIT_MS));
+    assert_true(tu_wait_queue_empty(&q, WAIT_MS));
+}
+
 /* SUCCESS / FAILURE / CANCELED, any claim: delete (terminal_skip), nothing written. */
 static void test_terminal_skip(void **state)
 {
     const char *st[] = {"SUCCESS", "FAILURE", "CANCELED"};
     char id[3][37];
-    for (int i = 0; i < 3; i++) {
-        tu_run_new(id[i], st[i], "success");
-        send_run(id[i], NULL, 0);
-    }
+    new_runs_sent(3, st, id);
     tu_claim_insert(id[2], "done", "0", "an-old-message");
     struct tu_daemon *d = start();
     assert_true(tu_wait_queue_empty(&q, WAIT_MS));
     wait_log(d, "deleting message (terminal_skip)", 3);
-    for (int i = 0; i < 3; i++) {
-        assert_true(tu_eq_free(tu_run_status(id[i]), st[i]));
-        assert_int_equal(tu_run_starts(id[i]), 0);
-        assert_int_equal(tu_run_events(id[i], NULL), 0);
-    }
+    for (int i = 0; i < 3; i++)
+        assert_untouched(id[i], st[i]);
     assert_null(tu_claim_col(id[0], "state"));
     assert_true(tu_eq_free(tu_claim_col(id[2], "message_id"), "an-old-message"));
     stop(d);
@@ -101,15 +121,9 @@ static void execute_fresh(const char *endpoint)
         tu_env_free(&env);
         tu_worker_env(&env, &q);
     }
-    for (int i = 0; i < 2; i++) {
-        tu_run_new(id[i], st[i], "success");
-        send_run(id[i], NULL, 0);
-    }
+    new_runs_sent(2, st, id);
     struct tu_daemon *d = start();
-    for (int i = 0; i < 2; i++)
-        assert_true(tu_wait_sql("SELECT state FROM dagster_sqs_worker.run_claims WHERE run_id = $1",
-                                id[i], "done", WAIT_MS));
-    assert_true(tu_wait_queue_empty(&q, WAIT_MS));
+    wait_claims_done(2, id);
     for (int i = 0; i < 2; i++) {
         assert_true(tu_eq_free(tu_run_status(id[i]), "SUCCESS"));
         assert_int_equal(tu_run_starts(id[i]), 1);
@@ -151,9 +165,7 @@ static void test_duplicate_of_live_claim(void **state)
     assert_true(tu_wait_queue_empty(&q, WAIT_MS));
     wait_log(d, "deleting message (duplicate)", 3);
     for (int i = 0; i < 3; i++) {
-        assert_true(tu_eq_free(tu_run_status(id[i]), st[i]));
-        assert_int_equal(tu_run_starts(id[i]), 0);
-        assert_int_equal(tu_run_events(id[i], NULL), 0);
+        assert_untouched(id[i], st[i]);
         assert_true(tu_eq_free(tu_claim_col(id[i], "fencing_token"), tok[i]));
         assert_true(tu_eq_free(tu_claim_col(id[i], "worker_id"), "testhost:1:1"));
     }
@@ -175,9 +187,7 @@ static void test_defer_owned(void **state)
     tu_queue_counts(&q, &vis, &inflight);
     assert_int_equal(vis, 0);
     assert_int_equal(inflight, 1);
-    assert_true(tu_eq_free(tu_run_status(id), "STARTED"));
-    assert_int_equal(tu_run_starts(id), 0);
-    assert_int_equal(tu_run_events(id, NULL), 0);
+    assert_untouched(id, "STARTED");
     /* Back after claims.ttl (4 s), not after the queue's 10 s. */
     void *msgs = NULL;
     assert_int_equal(tu_queue_receive(&q, 1, 30, 8, &msgs), 1);
@@ -191,16 +201,11 @@ static void test_takeover_stale(void **state)
 {
     const char *st[] = {"STARTING", "NOT_STARTED"};
     char id[2][37];
-    for (int i = 0; i < 2; i++) {
-        tu_run_new(id[i], st[i], "success");
-        tu_claim_insert(id[i], "claimed", "1 hour", "a-lost-message");
-        send_run(id[i], NULL, 0);
-    }
-    struct tu_daemon *d = start();
+    new_runs_sent(2, st, id);
     for (int i = 0; i < 2; i++)
-        assert_true(tu_wait_sql("SELECT state FROM dagster_sqs_worker.run_claims WHERE run_id = $1",
-                                id[i], "done", WAIT_MS));
-    assert_true(tu_wait_queue_empty(&q, WAIT_MS));
+        tu_claim_insert(id[i], "claimed", "1 hour", "a-lost-message");
+    struct tu_daemon *d = start();
+    wait_claims_done(2, id);
     for (int i = 0; i < 2; i++) {
         assert_true(tu_eq_free(tu_run_status(id[i]), "SUCCESS"));
         assert_int_equal(tu_run_starts(id[i]), 1);
@@ -218,11 +223,8 @@ static void test_takeover_stale(void **state)
 static void test_started_lost(void **state)
 {
     char id[2][37];
-    for (int i = 0; i < 2; i++)
-        tu_run_new(id[i], "STARTED", "success");
+    new_runs_sent(2, (const char *[]){"STARTED", "STARTED"}, id);
     tu_claim_insert(id[1], "running", "1 hour", "a-lost-message");
-    for (int i = 0; i < 2; i++)
-        send_run(id[i], NULL, 0);
     struct tu_daemon *d = start();
     assert_true(tu_wait_status(id[1], "FAILURE", WAIT_MS));
     assert_true(tu_wait_queue_empty(&q, WAIT_MS));
@@ -242,11 +244,8 @@ static void test_started_lost(void **state)
 static void test_canceling_unowned(void **state)
 {
     char id[2][37];
-    for (int i = 0; i < 2; i++)
-        tu_run_new(id[i], "CANCELING", "success");
+    new_runs_sent(2, (const char *[]){"CANCELING", "CANCELING"}, id);
     tu_claim_insert(id[1], "running", "1 hour", "a-lost-message");
-    for (int i = 0; i < 2; i++)
-        send_run(id[i], NULL, 0);
     struct tu_daemon *d = start();
     for (int i = 0; i < 2; i++)
         assert_true(tu_wait_status(id[i], "CANCELED", WAIT_MS));
@@ -277,9 +276,7 @@ static void test_queued(void **state)
     assert_true(tu_wait_queue_empty(&q, WAIT_MS));
     wait_log(d, "deleting message (not_launched)", 1);
     assert_int_equal(log_count(d, "(deferred_queued)"), 1);
-    assert_true(tu_eq_free(tu_run_status(id), "QUEUED"));
-    assert_int_equal(tu_run_starts(id), 0);
-    assert_int_equal(tu_run_events(id, NULL), 0);
+    assert_untouched(id, "QUEUED");
     assert_null(tu_claim_col(id, "state"));
     stop(d);
 }
@@ -291,10 +288,7 @@ static void test_give_up(void **state)
     const char *st[] = {"STARTING", "STARTED"};
     char id[2][37];
     tu_env_set(&env, "DSW_RUNS_MAX_RECEIVES", "1");
-    for (int i = 0; i < 2; i++) {
-        tu_run_new(id[i], st[i], "success");
-        send_run(id[i], NULL, 0);
-    }
+    new_runs_sent(2, st, id);
     tu_claim_insert(id[1], "running", "1 hour", "a-lost-message");
     /* A first delivery that dies without a trace (visibility 0: back at once). */
     assert_int_equal(tu_queue_receive(&q, 10, 0, 1, NULL), 2);
