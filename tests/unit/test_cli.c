@@ -4,6 +4,8 @@
  * check-config of a warm setup, and check-config on the shipped file (0). */
 #include "testutil.h"
 
+#include "dsw/util.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +37,47 @@ static int run(const char *a1, const char *a2, const char *a3, const char *a4, c
     char *argv[] = {
         (char *)tu_need_env("DSW_BIN"), (char *)a1, (char *)a2, (char *)a3, (char *)a4, NULL};
     return tu_run(argv, NULL, out);
+}
+
+/* One invocation: its arguments (up to four), the exit code, and what its output says: `want`
+ * as a part of it (NULL: anything), or all of it when `exact`. */
+struct cli_case {
+    const char *argv[4];
+    int code;
+    const char *want;
+    int exact;
+};
+
+static void expect_cases(const struct cli_case *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char *out;
+        int code = run(c[i].argv[0], c[i].argv[1], c[i].argv[2], c[i].argv[3], &out);
+        if (code != c[i].code)
+            fail_msg("%s %s: exit %d, not %d: %s", c[i].argv[0], c[i].argv[1] ? c[i].argv[1] : "",
+                     code, c[i].code, out);
+        if (c[i].want && c[i].exact)
+            assert_string_equal(out, c[i].want);
+        else if (c[i].want && !strstr(out, c[i].want))
+            fail_msg("'%s' lacks '%s'", out, c[i].want);
+        free(out);
+    }
+}
+
+/* What every check-config case here starts from: a queue, a database and a DAGSTER_HOME. */
+static void base_env(int set)
+{
+    static const char *const vars[][2] = {
+        {"DSW_QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/123456789012/runs"},
+        {"DSW_POSTGRES_CONNINFO", "host=127.0.0.1 dbname=dagster"},
+        {"DSW_RUNS_DAGSTER_HOME", "/srv/dagster"},
+    };
+    for (size_t i = 0; i < DSW_ARRAY_LEN(vars); i++) {
+        if (set)
+            setenv(vars[i][0], vars[i][1], 1);
+        else
+            unsetenv(vars[i][0]);
+    }
 }
 
 static void test_version_and_help(void **state)
@@ -106,40 +149,33 @@ static void test_command_help(void **state)
 
 static void test_usage_errors(void **state)
 {
-    char *out;
-    assert_int_equal(run("frobnicate", NULL, NULL, NULL, &out), 64);
-    assert_non_null(strstr(out, "unknown command 'frobnicate'"));
-    free(out);
     /* The program's name, not the path it was run by; and where to look. */
-    assert_int_equal(run("--bogus", NULL, NULL, NULL, &out), 64);
-    assert_string_equal(out, "dagster-sqs-worker: unknown option '--bogus' (try "
-                             "'dagster-sqs-worker --help')\n");
-    free(out);
-    assert_int_equal(run("check-config", "--bogus=1", NULL, NULL, &out), 64);
-    expect_in(out, "dagster-sqs-worker: unknown option '--bogus=1'");
-    free(out);
-    assert_int_equal(run("-x", NULL, NULL, NULL, &out), 64);
-    assert_string_equal(
-        out, "dagster-sqs-worker: unknown option '-x' (try 'dagster-sqs-worker --help')\n");
-    free(out);
-    assert_int_equal(run("-c", NULL, NULL, NULL, &out), 64);
-    expect_in(out, "dagster-sqs-worker: option '-c' needs an argument");
-    free(out);
+    static const struct cli_case cases[] = {
+        {{"frobnicate"}, 64, "unknown command 'frobnicate'", 0},
+        {{"--bogus"},
+         64,
+         "dagster-sqs-worker: unknown option '--bogus' (try 'dagster-sqs-worker --help')\n",
+         1},
+        {{"check-config", "--bogus=1"}, 64, "dagster-sqs-worker: unknown option '--bogus=1'", 0},
+        {{"-x"},
+         64,
+         "dagster-sqs-worker: unknown option '-x' (try 'dagster-sqs-worker --help')\n",
+         1},
+        {{"-c"}, 64, "dagster-sqs-worker: option '-c' needs an argument", 0},
+        {{"status", "extra"},
+         64,
+         "unexpected argument 'extra' (try 'dagster-sqs-worker status --help')",
+         0},
+        {{"exec"}, 64, "(try 'dagster-sqs-worker exec --help')", 0},
+        {{"enqueue", "a", "b"}, 64, NULL, 0},
+        {{"--log-level", "loud", "check-config"}, 64, NULL, 0},
+        {{"run", "--connect"}, 64, NULL, 0},
+    };
+    expect_cases(cases, DSW_ARRAY_LEN(cases));
+    char *out;
     assert_int_equal(run("--config", NULL, NULL, NULL, &out), 64);
     expect_in(out, "dagster-sqs-worker: option '--config' needs an argument");
     assert_null(strstr(out, tu_need_env("DSW_BIN")));
-    free(out);
-    assert_int_equal(run("status", "extra", NULL, NULL, &out), 64);
-    expect_in(out, "unexpected argument 'extra' (try 'dagster-sqs-worker status --help')");
-    free(out);
-    assert_int_equal(run("exec", NULL, NULL, NULL, &out), 64);
-    expect_in(out, "(try 'dagster-sqs-worker exec --help')");
-    free(out);
-    assert_int_equal(run("enqueue", "a", "b", NULL, &out), 64);
-    free(out);
-    assert_int_equal(run("--log-level", "loud", "check-config", NULL, &out), 64);
-    free(out);
-    assert_int_equal(run("run", "--connect", NULL, NULL, &out), 64);
     free(out);
 }
 
@@ -197,9 +233,7 @@ static void test_exec_input_first(void **state)
 static void test_unknown_env_warned(void **state)
 {
     char *out;
-    setenv("DSW_QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/123456789012/runs", 1);
-    setenv("DSW_POSTGRES_CONNINFO", "host=127.0.0.1 dbname=dagster", 1);
-    setenv("DSW_RUNS_DAGSTER_HOME", "/srv/dagster", 1);
+    base_env(1);
     assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 0);
     assert_null(strstr(out, "not a configuration variable"));
     expect_in(out, "level = info");
@@ -216,9 +250,7 @@ static void test_unknown_env_warned(void **state)
     expect_in(out, "DSW_RUNS_KIL_GRACE");
     free(out);
     unsetenv("DSW_RUNS_KIL_GRACE");
-    unsetenv("DSW_QUEUE_URL");
-    unsetenv("DSW_POSTGRES_CONNINFO");
-    unsetenv("DSW_RUNS_DAGSTER_HOME");
+    base_env(0);
 }
 
 /* runs.warm > 0: check-config fails (78) naming what is missing: runs.python, an interpreter
@@ -226,29 +258,31 @@ static void test_unknown_env_warned(void **state)
  * out of its tree (naming every place it looked); a good setup passes. */
 static void test_check_config_warm(void **state)
 {
+    /* Each step sets one more variable, then check-config. */
+    static const struct {
+        const char *name, *value;
+        struct cli_case c;
+    } steps[] = {
+        {"DSW_RUNS_WARM",
+         "1",
+         {{"check-config"}, 78, "runs.python: is required when runs.warm > 0", 0}},
+        {"DSW_RUNS_PYTHON",
+         "/no/such/python3",
+         {{"check-config"}, 78, "runs.python: /no/such/python3 is not an executable file", 0}},
+        {"DSW_RUNS_PYTHON",
+         "no-such-python-xyz",
+         {{"check-config"}, 78, "runs.python: no-such-python-xyz is not found in $PATH", 0}},
+        {"DSW_RUNS_PYTHON", "/usr/bin/python3", {{"check-config"}, 0, NULL, 0}},
+        {"DSW_RUNS_WARM_RUNNER",
+         "/no/such/runner.py",
+         {{"check-config"}, 78, "runs.warm_runner: /no/such/runner.py is not a readable file", 0}},
+    };
     char *out, lone[4096], runner[4096], cmd[8400];
-    setenv("DSW_QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/123456789012/runs", 1);
-    setenv("DSW_POSTGRES_CONNINFO", "host=127.0.0.1 dbname=dagster", 1);
-    setenv("DSW_RUNS_DAGSTER_HOME", "/srv/dagster", 1);
-    setenv("DSW_RUNS_WARM", "1", 1);
-    assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 78);
-    expect_in(out, "runs.python: is required when runs.warm > 0");
-    free(out);
-    setenv("DSW_RUNS_PYTHON", "/no/such/python3", 1);
-    assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 78);
-    expect_in(out, "runs.python: /no/such/python3 is not an executable file");
-    free(out);
-    setenv("DSW_RUNS_PYTHON", "no-such-python-xyz", 1);
-    assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 78);
-    expect_in(out, "runs.python: no-such-python-xyz is not found in $PATH");
-    free(out);
-    setenv("DSW_RUNS_PYTHON", "/usr/bin/python3", 1);
-    assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 0);
-    free(out);
-    setenv("DSW_RUNS_WARM_RUNNER", "/no/such/runner.py", 1);
-    assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 78);
-    expect_in(out, "runs.warm_runner: /no/such/runner.py is not a readable file");
-    free(out);
+    base_env(1);
+    for (size_t i = 0; i < DSW_ARRAY_LEN(steps); i++) {
+        setenv(steps[i].name, steps[i].value, 1);
+        expect_cases(&steps[i].c, 1);
+    }
     /* The daemon itself refuses to start the same way, before connecting anywhere. */
     assert_int_equal(run("run", NULL, NULL, NULL, &out), 78);
     expect_in(out, "runs.warm_runner: /no/such/runner.py");
@@ -289,18 +323,14 @@ static void test_check_config_warm(void **state)
 
     unsetenv("DSW_RUNS_WARM");
     unsetenv("DSW_RUNS_PYTHON");
-    unsetenv("DSW_QUEUE_URL");
-    unsetenv("DSW_POSTGRES_CONNINFO");
-    unsetenv("DSW_RUNS_DAGSTER_HOME");
+    base_env(0);
 }
 
 /* Containers: no file at all, everything from the environment. */
 static void test_env_only(void **state)
 {
     char *out;
-    setenv("DSW_QUEUE_URL", "https://sqs.eu-west-1.amazonaws.com/123456789012/runs", 1);
-    setenv("DSW_POSTGRES_CONNINFO", "host=127.0.0.1 dbname=dagster", 1);
-    setenv("DSW_RUNS_DAGSTER_HOME", "/srv/dagster", 1);
+    base_env(1);
     setenv("DSW_LOG_LEVEL", "debug", 1);
     assert_int_equal(run("check-config", NULL, NULL, NULL, &out), 0);
     assert_non_null(strstr(out, "(environment)"));
@@ -311,9 +341,7 @@ static void test_env_only(void **state)
     assert_non_null(strstr(out, "env:DSW_CLAIMS_TTL: claims.ttl"));
     free(out);
     unsetenv("DSW_CLAIMS_TTL");
-    unsetenv("DSW_QUEUE_URL");
-    unsetenv("DSW_POSTGRES_CONNINFO");
-    unsetenv("DSW_RUNS_DAGSTER_HOME");
+    base_env(0);
     unsetenv("DSW_LOG_LEVEL");
 }
 
