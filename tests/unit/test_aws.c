@@ -3,6 +3,7 @@
 #include "testutil.h"
 
 #include "dsw/aws.h"
+#include "dsw/util.h"
 
 #include <errno.h>
 #include <string.h>
@@ -12,9 +13,33 @@ static int parse(const char *text, const char *profile, int config, struct dsw_a
     return dsw_aws_parse_profile(text, strlen(text), profile, config, c);
 }
 
+/* A profile looked up in a file and what comes of it: rc, and for 0 the key id, the secret and
+ * the token (NULL: not checked). */
+struct profile_case {
+    const char *profile;
+    int config, rc;
+    const char *key_id, *secret, *token;
+};
+
+static void expect_profiles(const char *text, const struct profile_case *pc, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct dsw_aws_creds c;
+        int rc = parse(text, pc[i].profile, pc[i].config, &c);
+        if (rc != pc[i].rc)
+            fail_msg("profile '%s' (config %d): %d, not %d", pc[i].profile, pc[i].config, rc,
+                     pc[i].rc);
+        if (pc[i].key_id)
+            assert_string_equal(c.key_id, pc[i].key_id);
+        if (pc[i].secret)
+            assert_string_equal(c.secret, pc[i].secret);
+        if (pc[i].token)
+            assert_string_equal(c.token, pc[i].token);
+    }
+}
+
 static void test_credentials_file(void **state)
 {
-    struct dsw_aws_creds c;
     const char *f = "# top comment\n"
                     "[default]\r\n"
                     "aws_access_key_id = AKIADEFAULT\r\n"
@@ -30,23 +55,19 @@ static void test_credentials_file(void **state)
                     "aws_access_key_id=AKIALEGACY\n"
                     "aws_secret_access_key=l\n"
                     "aws_security_token=oldtok\n";
-    assert_int_equal(parse(f, "default", 0, &c), 0);
-    assert_string_equal(c.key_id, "AKIADEFAULT");
-    assert_string_equal(c.secret, "sec=ret/with+chars");
-    assert_string_equal(c.token, "");
-    assert_int_equal(parse(f, "prod", 0, &c), 0);
-    assert_string_equal(c.key_id, "AKIAPROD");
-    assert_string_equal(c.token, "tok");
-    assert_int_equal(parse(f, "legacy", 0, &c), 0);
-    assert_string_equal(c.token, "oldtok");
-    assert_int_equal(parse(f, "nope", 0, &c), -ENOENT);
-    /* In the config file style, [prod] is not "profile prod". */
-    assert_int_equal(parse(f, "prod", 1, &c), -ENOENT);
+    static const struct profile_case cases[] = {
+        {"default", 0, 0, "AKIADEFAULT", "sec=ret/with+chars", ""},
+        {"prod", 0, 0, "AKIAPROD", NULL, "tok"},
+        {"legacy", 0, 0, NULL, NULL, "oldtok"},
+        {"nope", 0, -ENOENT, NULL, NULL, NULL},
+        /* In the config file style, [prod] is not "profile prod". */
+        {"prod", 1, -ENOENT, NULL, NULL, NULL},
+    };
+    expect_profiles(f, cases, DSW_ARRAY_LEN(cases));
 }
 
 static void test_config_file(void **state)
 {
-    struct dsw_aws_creds c;
     const char *f = "[default]\n"
                     "region = us-east-1\n"
                     "[profile  dev]\n"
@@ -54,9 +75,11 @@ static void test_config_file(void **state)
                     "  aws_access_key_id = NESTED\n"
                     "aws_access_key_id = AKIADEV\n"
                     "aws_secret_access_key = devsecret\n";
-    assert_int_equal(parse(f, "dev", 1, &c), 0);
-    assert_string_equal(c.key_id, "AKIADEV");
-    assert_int_equal(parse(f, "default", 1, &c), -ENOENT); /* no keys there */
+    static const struct profile_case cases[] = {
+        {"dev", 1, 0, "AKIADEV", NULL, NULL},
+        {"default", 1, -ENOENT, NULL, NULL, NULL}, /* no keys there */
+    };
+    expect_profiles(f, cases, DSW_ARRAY_LEN(cases));
 }
 
 static void test_malformed_profiles(void **state)
@@ -91,17 +114,25 @@ static void test_xml(void **state)
 
 static void test_time(void **state)
 {
-    int64_t t;
-    assert_int_equal(dsw_aws_parse_time("1970-01-01T00:00:00Z", &t), 0);
-    assert_int_equal(t, 0);
-    assert_int_equal(dsw_aws_parse_time("2026-11-27T05:29:55Z", &t), 0);
-    assert_int_equal(t, 1795757395);
-    assert_int_equal(dsw_aws_parse_time("2026-11-27T05:29:55.792012+00:00", &t), 0);
-    assert_int_equal(t, 1795757395);
-    assert_int_equal(dsw_aws_parse_time("2026-11-27T05:29:55+02:00", &t), -EINVAL);
-    assert_int_equal(dsw_aws_parse_time("yesterday", &t), -EINVAL);
-    assert_int_equal(dsw_aws_parse_time("2026-13-01T00:00:00Z", &t), -EINVAL);
-    assert_int_equal(dsw_aws_parse_time(NULL, &t), -EINVAL);
+    static const struct {
+        const char *text;
+        int rc;
+        int64_t t;
+    } cases[] = {
+        {"1970-01-01T00:00:00Z", 0, 0},
+        {"2026-11-27T05:29:55Z", 0, 1795757395},
+        {"2026-11-27T05:29:55.792012+00:00", 0, 1795757395},
+        {"2026-11-27T05:29:55+02:00", -EINVAL, 0},
+        {"yesterday", -EINVAL, 0},
+        {"2026-13-01T00:00:00Z", -EINVAL, 0},
+        {NULL, -EINVAL, 0},
+    };
+    for (size_t i = 0; i < DSW_ARRAY_LEN(cases); i++) {
+        int64_t t;
+        assert_int_equal(dsw_aws_parse_time(cases[i].text, &t), cases[i].rc);
+        if (!cases[i].rc)
+            assert_int_equal(t, cases[i].t);
+    }
 }
 
 static void test_json_creds(void **state)
@@ -116,16 +147,15 @@ static void test_json_creds(void **state)
     assert_string_equal(c.secret, "s/x");
     assert_string_equal(c.token, "t");
     assert_int_equal(c.expires, 3600);
-    const char *failed = "{\"Code\": \"Failure\", \"AccessKeyId\": \"A\", \"SecretAccessKey\": "
-                         "\"s\"}";
-    assert_int_equal(dsw_aws_parse_json_creds(failed, strlen(failed), &c), -EINVAL);
-    const char *nosecret = "{\"AccessKeyId\": \"A\"}";
-    assert_int_equal(dsw_aws_parse_json_creds(nosecret, strlen(nosecret), &c), -EINVAL);
-    const char *trunc = "{\"AccessKeyId\": \"A";
-    assert_int_equal(dsw_aws_parse_json_creds(trunc, strlen(trunc), &c), -EINVAL);
-    const char *badexp = "{\"AccessKeyId\": \"A\", \"SecretAccessKey\": \"s\", \"Expiration\": "
-                         "\"soon\"}";
-    assert_int_equal(dsw_aws_parse_json_creds(badexp, strlen(badexp), &c), -EINVAL);
+    /* A failure code, no secret, truncated, an expiration that is not a time. */
+    static const char *const bad[] = {
+        "{\"Code\": \"Failure\", \"AccessKeyId\": \"A\", \"SecretAccessKey\": \"s\"}",
+        "{\"AccessKeyId\": \"A\"}",
+        "{\"AccessKeyId\": \"A",
+        "{\"AccessKeyId\": \"A\", \"SecretAccessKey\": \"s\", \"Expiration\": \"soon\"}",
+    };
+    for (size_t i = 0; i < DSW_ARRAY_LEN(bad); i++)
+        assert_int_equal(dsw_aws_parse_json_creds(bad[i], strlen(bad[i]), &c), -EINVAL);
 }
 
 int main(void)
