@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,10 @@ import psycopg2
 import psycopg2.extras
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "support"))
+import dswtest  # noqa: E402  (the Postgres and SQS set-up shared with the fault driver and harness)
+from dswtest import Sqs, free_port  # noqa: E402,F401  (Sqs: the AWS JSON 1.0 client below)
+
 CLK = os.sysconf("SC_CLK_TCK")
 TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
 
@@ -123,14 +126,6 @@ class Sampler(threading.Thread):
         self.join()
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def http_get(port, path, timeout=5):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -156,64 +151,6 @@ def stop_proc(p, timeout=60, perf=None):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-
-
-# ---- SQS (AWS JSON 1.0, as fauxqs and moto speak it; signatures are not checked here) ----------
-
-class Sqs:
-    def __init__(self, endpoint):
-        u = urllib.parse.urlsplit(endpoint)
-        self.host, self.port = u.hostname, u.port
-        self.conn = None
-
-    def call(self, action, payload):
-        body = json.dumps(payload)
-        date = time.strftime("%Y%m%d", time.gmtime())
-        headers = {
-            "Content-Type": "application/x-amz-json-1.0",
-            "X-Amz-Target": "AmazonSQS." + action,
-            "X-Amz-Date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
-            # moto routes by the credential scope's service; neither server checks it here
-            "Authorization": "AWS4-HMAC-SHA256 Credential=x/%s/us-east-1/sqs/aws4_request, "
-                             "SignedHeaders=host;x-amz-date, Signature=%s" % (date, "0" * 64),
-        }
-        for attempt in range(3):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-            try:
-                self.conn.request("POST", "/", body, headers)
-                r = self.conn.getresponse()
-                data = r.read()
-                if r.getheader("Connection", "").lower() == "close":
-                    self.conn.close()
-                    self.conn = None
-                if r.status != 200:
-                    raise RuntimeError("%s: HTTP %d %s" % (action, r.status, data[:300]))
-                return json.loads(data) if data else {}
-            except (http.client.HTTPException, OSError):
-                self.conn.close()
-                self.conn = None
-                if attempt == 2:
-                    raise
-
-    def create_queue(self, name):
-        return self.call("CreateQueue", {"QueueName": name})["QueueUrl"]
-
-    def send_batch(self, url, bodies):
-        for i in range(0, len(bodies), 10):
-            chunk = bodies[i:i + 10]
-            r = self.call("SendMessageBatch", {"QueueUrl": url, "Entries": [
-                {"Id": "m%d" % k, "MessageBody": b} for k, b in enumerate(chunk)]})
-            if r.get("Failed"):
-                raise RuntimeError("SendMessageBatch failed: %r" % r["Failed"][:2])
-
-    def send(self, url, body):
-        self.call("SendMessage", {"QueueUrl": url, "MessageBody": body})
-
-    def depth(self, url):
-        a = self.call("GetQueueAttributes", {"QueueUrl": url, "AttributeNames": [
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]})["Attributes"]
-        return int(a["ApproximateNumberOfMessages"]), int(a["ApproximateNumberOfMessagesNotVisible"])
 
 
 # ---- the bench ---------------------------------------------------------------------------------
@@ -245,9 +182,7 @@ class Bench:
         if not self.sql("SELECT 1 FROM pg_roles WHERE rolname = 'bench_worker'"):
             self.sql("CREATE ROLE bench_worker LOGIN SUPERUSER")
         self.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        env = dict(os.environ, DSW_POSTGRES_CONNINFO=self.pg_worker, DSW_QUEUE_URL="http://x/1/q",
-                   DSW_QUEUE_REGION="us-east-1", DSW_RUNS_DAGSTER_HOME="/tmp", DSW_HTTP_LISTEN="off")
-        subprocess.run([self.daemon, "db-init"], env=env, check=True, stdout=subprocess.DEVNULL)
+        dswtest.db_init(self.daemon, dswtest.worker_env(self.pg_worker, "http://x/1/q"))
 
     def name(self, what):
         self.seq += 1

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,9 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "support"))
+import dswtest  # noqa: E402  (the Postgres and SQS set-up shared with bench and the fault driver)
+from dswtest import conninfo_with_db, free_port  # noqa: E402
 
 import psycopg2  # noqa: E402  (Debian's python3-psycopg2, which dagster-postgres needs anyway)
 
@@ -49,14 +51,6 @@ def expect(cond, what):
         raise Failed(what)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def wait(pred, timeout, what, every=0.1):
     """pred() until truthy, or Failed after timeout seconds. Returns pred's value."""
     deadline = time.time() + timeout
@@ -67,12 +61,6 @@ def wait(pred, timeout, what, every=0.1):
         if time.time() >= deadline:
             raise Failed("timed out after %.0f s waiting for %s" % (timeout, what))
         time.sleep(every)
-
-
-def conninfo_with_db(conninfo, db):
-    kv = dict(p.split("=", 1) for p in conninfo.split())
-    kv["dbname"] = db
-    return " ".join("%s=%s" % i for i in kv.items()), kv
 
 
 class Db:
@@ -146,18 +134,11 @@ def cmdline(pid):
         return "?"
 
 
-class Sqs:
-    def __init__(self, endpoint):
-        import boto3
-
-        self.c = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
+class Sqs(dswtest.Sqs):
+    """moto, for the scenarios' queues."""
 
     def queue(self, name):
-        return self.c.create_queue(QueueName=name)["QueueUrl"]
-
-    def send(self, url, body):
-        return self.c.send_message(QueueUrl=url, MessageBody=body)["MessageId"]
+        return self.create_queue(name)
 
 
 class Daemon:
@@ -290,14 +271,11 @@ class Harness:
 
         self.instance = DagsterInstance.get()  # creates Dagster's tables in the empty database
         self.db = Db(self.conninfo)
-        env = dict(os.environ, DSW_POSTGRES_CONNINFO=self.conninfo,
-                   DSW_QUEUE_URL=self.default_queue, DSW_QUEUE_ENDPOINT=self.moto,
-                   DSW_QUEUE_REGION="us-east-1", AWS_ACCESS_KEY_ID="testing",
-                   AWS_SECRET_ACCESS_KEY="testing", DSW_RUNS_DAGSTER_HOME=self.home,
-                   DSW_HTTP_LISTEN="off")
-        r = subprocess.run([self.bin, "db-init"], env=env, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise Failed("db-init: %s" % r.stderr)
+        try:
+            dswtest.db_init(self.bin, dswtest.worker_env(self.conninfo, self.default_queue,
+                                                         self.moto, dagster_home=self.home))
+        except RuntimeError as e:
+            raise Failed(str(e))
         self.lock = threading.Lock()
 
     def new_instance(self):

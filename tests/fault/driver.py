@@ -28,7 +28,6 @@ usage: driver.py --bin DAEMON --fake FAKE_DAGSTER --out DIR [--runs N] [--daemon
 Environment: DSW_VECTORS (tests/vectors), PGBIN (default: newest /usr/lib/postgresql/*/bin).
 """
 import argparse
-import glob
 import json
 import os
 import random
@@ -36,17 +35,17 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(SRC, "tests", "support"))
+import dswtest  # noqa: E402  (the Postgres, fauxqs and SQS set-up shared with bench and harness)
+from dswtest import free_port  # noqa: E402
 POINTS = ["after_receive", "after_claim", "after_spawn", "after_record", "before_delete",
           "heartbeat_lease", "heartbeat_visibility"]
 ALL_KINDS = ["fp_kill", "fp_fail", "wedge", "kill9", "sigstop", "pg_terminate", "pg_restart",
@@ -56,14 +55,6 @@ TTL_S = 2.0
 
 def now():
     return time.time()
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class History:
@@ -80,70 +71,6 @@ class History:
                 f.write(json.dumps(rec) + "\n")
 
 
-# ---- PostgreSQL ------------------------------------------------------------------------------
-
-class Pg:
-    def __init__(self, out, vectors):
-        # Outside OUT: postgres must traverse every parent directory of its data.
-        self.dir = os.path.join(tempfile.mkdtemp(prefix="dsw-fault-pg."), "pg")
-        self.data = os.path.join(self.dir, "data")
-        self.port = free_port()
-        self.bin = os.environ.get("PGBIN") or sorted(
-            glob.glob("/usr/lib/postgresql/*/bin"),
-            key=lambda p: [int(x) for x in re.findall(r"\d+", p)])[-1]
-        self.vectors = vectors
-        self.root = os.getuid() == 0
-        self.conninfo = "host=127.0.0.1 port=%d user=postgres dbname=dagster" % self.port
-
-    def as_pg(self, args, **kw):
-        if self.root:
-            args = ["runuser", "-u", "postgres", "--"] + args
-        return subprocess.run(args, **kw)
-
-    def opts(self):
-        return ("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
-                " -c full_page_writes=off -c max_connections=200" % (self.port, self.dir))
-
-    def init(self):
-        os.makedirs(self.dir)
-        os.chmod(os.path.dirname(self.dir), 0o755)
-        if self.root:
-            shutil.chown(self.dir, "postgres")
-            os.chmod(self.dir, 0o700)
-        self.as_pg([self.bin + "/initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
-                    "--no-sync", "-E", "UTF8"], check=True, stdout=subprocess.DEVNULL)
-        self.start()
-        subprocess.run(["psql", "-X", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                        "-qAt", "-c", "CREATE DATABASE dagster"], check=True,
-                       stdout=subprocess.DEVNULL)
-        subprocess.run(["psql", "-X", self.conninfo, "-q", "-v", "ON_ERROR_STOP=1", "-f",
-                        os.path.join(self.vectors, "schema.sql")], check=True,
-                       stdout=subprocess.DEVNULL)
-
-    def start(self):
-        self.as_pg([self.bin + "/pg_ctl", "-D", self.data, "-l",
-                    os.path.join(self.dir, "server.log"), "-w", "-t", "60", "start", "-o",
-                    self.opts()], check=True, stdout=subprocess.DEVNULL)
-
-    def stop(self, mode="immediate"):
-        self.as_pg([self.bin + "/pg_ctl", "-D", self.data, "-m", mode, "-w", "stop"],
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def q(self, sql, tries=20, input=None):
-        """Rows of sql as lists of strings (retried while the server is away)."""
-        err = ""
-        for _ in range(tries):
-            r = subprocess.run(["psql", "-X", self.conninfo, "-At", "-F", "\x1f", "-v",
-                                "ON_ERROR_STOP=1", "-c", sql] if input is None else
-                               ["psql", "-X", self.conninfo, "-At", "-q", "-v", "ON_ERROR_STOP=1"],
-                               input=input, capture_output=True, text=True)
-            if r.returncode == 0:
-                return [ln.split("\x1f") for ln in r.stdout.splitlines() if ln != ""]
-            err = r.stderr
-            time.sleep(0.5)
-        raise RuntimeError("psql failed: %s: %s" % (sql[:80] if sql else "script", err))
-
-
 def lit(s):
     return "'" + s.replace("'", "''") + "'"
 
@@ -151,72 +78,35 @@ def lit(s):
 # ---- SQS (fauxqs) ----------------------------------------------------------------------------
 
 class Sqs:
+    """The private fauxqs server and the scenario's queues by name (runs, quarantine, template);
+    restartable on the same port (it loses its state)."""
+
     def __init__(self, out, port=None):
-        self.port = port or free_port()
-        self.endpoint = "http://127.0.0.1:%d" % self.port
-        self.out = out
-        self.proc = None
+        self.server = dswtest.Fauxqs(os.path.join(out, "fauxqs.log"), port)
+        self.port, self.endpoint = self.server.port, self.server.endpoint
+        self.client = dswtest.Sqs(self.endpoint, tries=1, pause=0.3, timeout=10)
         self.urls = {}
 
     def start(self):
-        log = open(os.path.join(self.out, "fauxqs.log"), "a")
-        self.proc = subprocess.Popen(["node", os.path.join(SRC, "tests/support/fauxqs/serve.mjs"),
-                                      str(self.port)], stdout=log, stderr=log,
-                                     start_new_session=True)
-        deadline = now() + 30
-        while now() < deadline:
-            try:
-                urllib.request.urlopen(self.endpoint + "/health", timeout=1).read()
-                break
-            except Exception:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("fauxqs did not start")
+        self.server.start()
         for name in ("runs", "quarantine", "template"):
-            self.urls[name] = self.call("CreateQueue", {"QueueName": name})["QueueUrl"]
+            self.urls[name] = self.client.create_queue(name)
 
     def kill(self):
-        if self.proc:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        self.server.kill()
 
     def call(self, action, body, tries=1):
-        data = json.dumps(body).encode()
-        for i in range(tries):
-            req = urllib.request.Request(self.endpoint + "/", data=data, method="POST", headers={
-                "Content-Type": "application/x-amz-json-1.0",
-                "X-Amz-Target": "AmazonSQS." + action})
-            try:
-                with urllib.request.urlopen(req, timeout=10) as r:
-                    return json.loads(r.read() or b"{}")
-            except Exception:
-                if i + 1 == tries:
-                    raise
-                time.sleep(0.3)
+        return self.client.call(action, body, tries=tries)
 
     def send(self, queue, body):
-        return self.call("SendMessage", {"QueueUrl": self.urls[queue], "MessageBody": body},
-                         tries=5)["MessageId"]
+        return self.client.send(self.urls[queue], body, tries=5)
 
     def counts(self, queue):
-        a = self.call("GetQueueAttributes", {"QueueUrl": self.urls[queue], "AttributeNames": [
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]},
-            tries=3)["Attributes"]
-        return int(a["ApproximateNumberOfMessages"]), int(a["ApproximateNumberOfMessagesNotVisible"])
+        return self.client.depth(self.urls[queue], tries=3)
 
     def drain(self, queue):
         """Every message left in queue (received with a long visibility), as bodies."""
-        bodies = []
-        for _ in range(1000):
-            r = self.call("ReceiveMessage", {"QueueUrl": self.urls[queue],
-                                             "MaxNumberOfMessages": 10, "VisibilityTimeout": 600,
-                                             "WaitTimeSeconds": 0}, tries=3)
-            msgs = r.get("Messages") or []
-            if not msgs:
-                break
-            bodies += [m.get("Body", "") for m in msgs]
-        return bodies
+        return self.client.drain(self.urls[queue], tries=3)
 
 
 # ---- daemons ---------------------------------------------------------------------------------
@@ -320,7 +210,7 @@ class Driver:
         self.hist = History(self.out)
         self.rng = random.Random(args.seed)
         self.vectors = os.environ.get("DSW_VECTORS") or os.path.join(SRC, "tests", "vectors")
-        self.pg = Pg(self.out, self.vectors)
+        self.pg = dswtest.Cluster(self.vectors, prefix="dsw-fault-pg.")
         self.sqs = Sqs(self.out)
         self.daemons = []
         self.inc_n = 0
@@ -344,13 +234,8 @@ class Driver:
         self.pg.q("CREATE SCHEMA IF NOT EXISTS dagster_sqs_worker_test; CREATE TABLE IF NOT "
                   "EXISTS dagster_sqs_worker_test.child_starts (run_id text, pid int, started_at "
                   "timestamptz DEFAULT now(), argv_kind text)")
-        env = dict(os.environ, DSW_POSTGRES_CONNINFO=self.pg.conninfo,
-                   DSW_QUEUE_URL=self.sqs.urls["template"], DSW_QUEUE_ENDPOINT=self.sqs.endpoint,
-                   DSW_QUEUE_REGION="us-east-1", AWS_ACCESS_KEY_ID="test",
-                   AWS_SECRET_ACCESS_KEY="test", DSW_RUNS_DAGSTER_HOME="/tmp",
-                   DSW_HTTP_LISTEN="off")
-        env.pop("DSW_FAILPOINTS", None)
-        subprocess.run([self.args.bin, "db-init"], env=env, check=True, capture_output=True)
+        env = dswtest.worker_env(self.pg.conninfo, self.sqs.urls["template"], self.sqs.endpoint)
+        dswtest.db_init(self.args.bin, env)
         # The envelope template: enqueue one scratch run, read its message back.
         tmpl = "00000000-0000-4000-8000-00000000f8f8"
         self.make_runs([(tmpl, "success", None)])
@@ -815,7 +700,7 @@ def main():
     finally:
         drv.cleanup()
         if not a.keep:
-            shutil.rmtree(os.path.dirname(drv.pg.dir), ignore_errors=True)
+            drv.pg.remove()
     rc = subprocess.run([sys.executable, os.path.join(HERE, "check.py"), drv.out]).returncode
     sys.exit(rc)
 
