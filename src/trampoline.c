@@ -139,10 +139,14 @@ static int reap(struct sup *s)
 
 static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT};
 
+/* To the run worker alone, as Kubernetes and Docker deliver a stop to a container's PID 1:
+ * Dagster's run worker handles SIGTERM by interrupting its steps itself (STEP_FAILURE /
+ * PIPELINE_CANCELED as it decides); signalling its step processes at the same moment makes them
+ * die under it and turns a cancel into a FAILURE. The rest of the tree is killed when the worker
+ * exits, or by the escalation after runs.kill_grace. */
 static void forward(struct sup *s, int sig)
 {
-    /* The worker is not reaped yet, so its pid (and group id) are still its own. */
-    if (!s->killing && kill(-s->worker, sig) != 0)
+    if (!s->killing)
         kill(s->worker, sig);
 }
 
