@@ -3,7 +3,7 @@
 bench/run.sh, which starts the services and builds; this file measures and prints the table.
 
 Phases (each bounded in time):
-  limits     the queue servers' receive+delete rate (bench/sqs_drain.c, batches of 10) and the
+  limits     the queue servers' receive+delete rate (bench_sqs --drain, batches of 10) and the
              rate at which this machine spawns and reaps the child with S at a time
   throughput N runs enqueued first, then the worker started: runs/s from first receive to last
              delete, worker CPU and RSS, SQS requests and Postgres statements per run

@@ -23,9 +23,10 @@ fi
 
 [ -f "$build/CMakeCache.txt" ] ||
     cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" -j2 --target dagster-sqs-worker fake_dagster dsw >/dev/null
-cc -O2 -g -std=gnu11 -Wall -I"$here/include" "$here/bench/sqs_drain.c" "$build/libdsw.a" \
-    $(pkg-config --libs libuv libcurl jansson libpq libcrypto) -lm -o "$out/sqs_drain"
+cmake --build "$build" -j2 --target dagster-sqs-worker fake_dagster dsw bench_sqs >/dev/null
+# bench.py's --drain program: bench_sqs in its receive+delete mode.
+printf '#!/bin/sh\nexec "%s" --drain "$@"\n' "$build/bench_sqs" >"$out/sqs_drain"
+chmod +x "$out/sqs_drain"
 
 svc=$(mktemp -d /tmp/dsw-bench-svc-XXXXXX)
 chmod 755 "$svc" # Postgres runs as another user
