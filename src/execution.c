@@ -23,7 +23,9 @@ struct dsw_execution {
     const struct dsw_conf *conf;
     char run_id[80];
     char *message_id;
+    char *job_name; /* as loaded, NULL when unknown */
     int receive_count;
+    const char *seen_status, *seen_body; /* the first launch record's hints (during start) */
     int64_t token;
     bool warm; /* a warm runner took the run */
     dsw_execution_done_cb done;
@@ -54,6 +56,7 @@ static void on_closed(uv_handle_t *h)
 {
     struct dsw_execution *e = h->data;
     free(e->message_id);
+    free(e->job_name);
     free(e);
 }
 
@@ -138,6 +141,7 @@ static void record_exit(struct dsw_execution *e)
         .duration_s = (double)x->duration_ms / 1000.0,
         .outcome = exit_outcome(e, cause, sizeof(cause), &why),
         .cause = why,
+        .job_name = e->job_name,
     };
     int rc = dsw_store_record_exit(e->store, &r, on_recorded, e);
     if (rc) /* refused (the session is closing...): from the loop, as a db error would */
@@ -246,7 +250,11 @@ static void record_launch(struct dsw_execution *e)
                                  .token = e->token,
                                  .child_pid = dsw_proc_pid(e->proc),
                                  .message_id = e->message_id,
-                                 .receive_count = e->receive_count};
+                                 .receive_count = e->receive_count,
+                                 .job_name = e->job_name,
+                                 .seen_status = e->seen_status,
+                                 .seen_body = e->seen_body};
+    e->seen_status = e->seen_body = NULL; /* retries read the run afresh */
     if (dsw_store_record_launch(e->store, &l, on_launched, e))
         backoff(e, record_launch);
 }
@@ -277,6 +285,9 @@ int dsw_execution_start(const struct dsw_execution_opts *o, struct dsw_execution
     dsw_strlcpy(e->run_id, o->launch.run_id, sizeof(e->run_id));
     e->message_id = o->message_id ? dsw_xstrdup(o->message_id) : NULL;
     e->receive_count = o->receive_count;
+    e->job_name = o->job_name ? dsw_xstrdup(o->job_name) : NULL;
+    e->seen_status = o->status_text;
+    e->seen_body = o->launch.body;
     e->token = o->token;
     e->done = o->done;
     e->arg = o->arg;

@@ -9,6 +9,9 @@
 #include <string.h>
 
 #define SQS_MAX_VIS_S (12 * 3600)
+/* A NOTIFY naming a watched run polls within this long: the notifications of that window
+ * share one statement. */
+#define NOTIFY_COALESCE_MS 25
 
 enum { B_VISIBILITY, B_LEASE, B_POLL, B_COUNT };
 
@@ -133,8 +136,10 @@ void dsw_heartbeat_notify(struct dsw_heartbeat *hb, const char *payload)
         const char *id = dsw_pipeline_run_id(p);
         size_t n = id ? strlen(id) : 0;
         if (n && dsw_pipeline_watching(p) && strncmp(payload, id, n) == 0 && payload[n] == '_') {
-            uv_timer_start(&hb->timers[B_POLL], on_poll_timer, 0,
-                           (uint64_t)hb->env->conf->runs.cancel_poll_ms);
+            /* A burst of events (a run worker's own, ours, several runs') makes one poll. */
+            if (uv_timer_get_due_in(&hb->timers[B_POLL]) > NOTIFY_COALESCE_MS)
+                uv_timer_start(&hb->timers[B_POLL], on_poll_timer, NOTIFY_COALESCE_MS,
+                               (uint64_t)hb->env->conf->runs.cancel_poll_ms);
             return;
         }
     }

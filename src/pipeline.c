@@ -49,6 +49,7 @@ struct dsw_pipeline {
     struct dsw_msg_request req;
     /* the run */
     char *body;
+    char *job_name; /* runs.pipeline_name as loaded */
     int64_t max_runtime_ms;
     struct dsw_job_facts facts;
     enum dsw_job_action action;
@@ -100,6 +101,7 @@ static void on_closed(uv_handle_t *h)
     dsw_msg_request_clear(&p->req);
     free(p->receipt);
     free(p->body);
+    free(p->job_name);
     free(p);
 }
 
@@ -377,6 +379,8 @@ static void spawn(struct dsw_pipeline *p)
         .token = p->token,
         .message_id = p->has_message ? p->message_id : NULL,
         .receive_count = p->receive_count,
+        .job_name = p->job_name,
+        .status_text = p->facts.status,
         .done = on_executed,
         .arg = p,
     };
@@ -560,7 +564,10 @@ static void on_loaded(int status, const struct dsw_store_run *run, void *arg)
         retry(p, load);
         return;
     }
+    free(p->body);
+    free(p->job_name);
     p->body = run->body ? dsw_xstrdup(run->body) : NULL;
+    p->job_name = run->job_name ? dsw_xstrdup(run->job_name) : NULL;
     p->max_runtime_ms = run->max_runtime_ms;
     p->seen_token = run->claim.token;
     p->facts = facts_of(p, run);

@@ -152,6 +152,9 @@ static const char SQL_SUMMARY[] =
     " LIMIT 1000";
 static const char SQL_RELEASE[] =
     "DELETE FROM " CLAIMS " WHERE run_id = $1 AND fencing_token = $2::bigint AND state <> 'done'";
+static const char SQL_LEAVE[] =
+    "UPDATE " CLAIMS " SET state = 'done', outcome = 'lost', finished_at = now()"
+    " WHERE run_id = $1 AND fencing_token = $2::bigint AND state <> 'done'";
 static const char SQL_SWEEP[] =
     "UPDATE " CLAIMS " AS c SET fencing_token = " FENCE ", worker_id = $1, state = 'claimed',"
     " attempt = c.attempt + 1, child_pid = NULL, claimed_at = now(), heartbeat_at = now()"
@@ -210,6 +213,49 @@ static const char SQL_OUR_TAGS[] = "SELECT key, value FROM run_tags WHERE run_id
 static const char SQL_RUN_TAGS[] =
     "UPDATE runs SET run_body = $2, update_timestamp = $3::timestamp WHERE run_id = $1"
     " AND EXISTS (SELECT 1 FROM " CLAIMS " c WHERE c.run_id = $1 AND c.fencing_token = $4::bigint)";
+/* The launch in one statement (dsw_store_launch's hints): the run row locked and still as the
+ * caller loaded it, then -- only if the fenced claim update wrote its row -- the event with its
+ * pg_notify, the tags (add_run_tags: update the key's rows, else insert) and the body. Every
+ * write depends on cl, cl on lk: all of it or nothing. No row back: a guard failed. */
+static const char SQL_LAUNCH_ONE[] =
+    "WITH lk AS (SELECT r.run_id FROM runs r WHERE r.run_id = $1::text AND r.status = $4::text"
+    " AND r.run_body = $5::text AND r.pipeline_name IS NOT DISTINCT FROM $6::text FOR UPDATE),"
+    " cl AS (UPDATE " CLAIMS " c SET state = 'running', child_pid = $3::int, heartbeat_at = now()"
+    " WHERE c.run_id = $1::text AND c.fencing_token = $2::bigint AND c.state <> 'done'"
+    " AND EXISTS (SELECT 1 FROM lk) RETURNING 1),"
+    " ev AS (INSERT INTO event_logs (run_id, event, dagster_event_type, timestamp, step_key,"
+    " asset_key, partition) SELECT $1::text, $8::text, 'ENGINE_EVENT', $9::timestamp, NULL, NULL,"
+    " NULL WHERE EXISTS (SELECT 1 FROM cl) RETURNING id),"
+    " tg AS (SELECT t.k, t.v FROM unnest($10::text[], $11::text[]) AS t(k, v)"
+    " WHERE EXISTS (SELECT 1 FROM cl)),"
+    " upd AS (UPDATE run_tags t SET value = tg.v FROM tg WHERE t.run_id = $1::text AND t.key = tg.k"
+    " RETURNING t.key),"
+    " ins AS (INSERT INTO run_tags (run_id, key, value) SELECT $1::text, tg.k, tg.v FROM tg"
+    " WHERE NOT EXISTS (SELECT 1 FROM upd WHERE upd.key = tg.k) RETURNING 1),"
+    " bd AS (UPDATE runs r SET run_body = $7::text, update_timestamp = $9::timestamp"
+    " WHERE r.run_id = $1::text AND EXISTS (SELECT 1 FROM cl) RETURNING 1)"
+    " SELECT ev.id, pg_notify('run_events', $1::text || '_' || ev.id),"
+    " (SELECT count(*) FROM bd), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd) FROM ev";
+/* The exit record in one statement, for the common case only: the run locked and terminal
+ * already, its name as loaded, and every run_tags row of the launch's tags also in its body
+ * (so the transaction would write no terminal event, status or body): the claim -> done and
+ * the exit event (+ pg_notify), both depending on the fenced claim update. No row back: a
+ * guard failed and nothing was written. */
+static const char SQL_EXIT_ONE[] =
+    "WITH lk AS (SELECT r.status FROM runs r WHERE r.run_id = $1::text"
+    " AND r.status IN ('SUCCESS', 'FAILURE', 'CANCELED')"
+    " AND r.pipeline_name IS NOT DISTINCT FROM $6::text AND NOT EXISTS (SELECT 1 FROM run_tags t"
+    " WHERE t.run_id = r.run_id AND t.key IN ($9::text, $10::text)"
+    " AND t.value IS DISTINCT FROM (r.run_body::json -> 'tags' ->> t.key)) FOR UPDATE),"
+    " cl AS (UPDATE " CLAIMS " c SET state = 'done', exit_code = $3::int, term_signal = $4::int,"
+    " outcome = $5::text, finished_at = now(), heartbeat_at = now() WHERE c.run_id = $1::text"
+    " AND c.fencing_token = $2::bigint AND c.state <> 'done' AND EXISTS (SELECT 1 FROM lk)"
+    " RETURNING 1),"
+    " ev AS (INSERT INTO event_logs (run_id, event, dagster_event_type, timestamp, step_key,"
+    " asset_key, partition) SELECT $1::text, $7::text, 'ENGINE_EVENT', $8::timestamp, NULL, NULL,"
+    " NULL WHERE EXISTS (SELECT 1 FROM cl) RETURNING id)"
+    " SELECT ev.id, pg_notify('run_events', $1::text || '_' || ev.id), (SELECT status FROM lk)"
+    " FROM ev";
 static const char SQL_RUN_STARTING[] =
     "UPDATE runs SET status = 'STARTING', run_body = $2, update_timestamp = $3::timestamp"
     " WHERE run_id = $1 AND status IN ('NOT_STARTED', 'QUEUED')";
@@ -522,6 +568,12 @@ int dsw_store_release(struct dsw_store *s, const char *run_id, int64_t token, ds
     return claim_statement(s, SQL_RELEASE, run_id, token, 0, cb, arg);
 }
 
+int dsw_store_leave_for_resume(struct dsw_store *s, const char *run_id, int64_t token,
+                               dsw_store_cb cb, void *arg)
+{
+    return claim_statement(s, SQL_LEAVE, run_id, token, 0, cb, arg);
+}
+
 static void on_summary(int status, const struct dsw_db_result *r, void *arg)
 {
     struct call *c = arg;
@@ -827,7 +879,7 @@ enum {
     R_TAGS_BODY
 };
 
-static void record_exit_event(struct op *o)
+static char *exit_event_json(struct op *o)
 {
     char code[16], sig[16], pid[16], dur[32], msg[256];
     snprintf(pid, sizeof(pid), "%d", o->pid);
@@ -850,9 +902,13 @@ static void record_exit_event(struct op *o)
                                   {"pid", pid},
                                   {"worker", o->s->worker_id},
                                   {"duration_s", dur}};
-    op_event(o, R_EXIT_EVENT, "ENGINE_EVENT",
-             dsw_dagster_engine_event(o->run_id, o->job_name, msg, meta, DSW_ARRAY_LEN(meta), -1,
-                                      o->now));
+    return dsw_dagster_engine_event(o->run_id, o->job_name, msg, meta, DSW_ARRAY_LEN(meta), -1,
+                                    o->now);
+}
+
+static void record_exit_event(struct op *o)
+{
+    op_event(o, R_EXIT_EVENT, "ENGINE_EVENT", exit_event_json(o));
 }
 
 /* A run that is not terminal gets its terminal event: CANCELED when a cancel was asked (like
@@ -1030,6 +1086,71 @@ static void record_step(struct op *o, const struct dsw_db_result *r)
     }
 }
 
+/* ---- one-statement paths ------------------------------------------------------------------ */
+
+/* The one statement wrote nothing (a guard failed): forget what it assumed and run the
+ * transaction, which decides with the run locked. */
+static void one_fallback(struct op *o)
+{
+    free(o->job_name);
+    free(o->body);
+    o->job_name = o->body = NULL;
+    o->ntags = o->tag_i = 0;
+    memset(&o->rr, 0, sizeof(o->rr));
+    int r = dsw_db_begin(o->s->db, on_begun, o);
+    if (r < 0)
+        op_finish(o, r);
+}
+
+static void on_one(int status, const struct dsw_db_result *r, void *arg)
+{
+    struct op *o = arg;
+    if (status == 0 && dsw_db_result_nrows(r) == 0) {
+        one_fallback(o);
+        return;
+    }
+    if (status == 0 && o->kind == K_EXIT) {
+        o->rr.before = o->rr.after = dsw_store_status_parse(dsw_db_result_value(r, 0, 2));
+        int fp = DSW_FAILPOINT("after_record"); /* as in on_committed */
+        if (fp < 0)
+            status = fp;
+    }
+    op_finish(o, status);
+}
+
+/* Send the one statement; on refusal run the transaction instead. 0 or the db's error. */
+static int one_start(struct op *o, void (*fn)(struct op *, const struct dsw_db_result *),
+                     const char *sql, int n, const char *const *p)
+{
+    o->fn = fn;
+    if (dsw_db_query(o->s->db, sql, n, p, on_one, o) == 0)
+        return 0;
+    return op_start(o, fn);
+}
+
+static int record_exit_one(struct op *o)
+{
+    char code[16], sig[16];
+    snprintf(code, sizeof(code), "%d", o->exit_code);
+    snprintf(sig, sizeof(sig), "%d", o->term_signal);
+    char *ev = exit_event_json(o);
+    if (!ev)
+        return op_start(o, record_step);
+    const char *p[] = {o->run_id,
+                       o->token,
+                       o->term_signal ? NULL : code,
+                       sig,
+                       o->outcome,
+                       o->job_name,
+                       ev,
+                       o->now_naive,
+                       DSW_STORE_TAG_WORKER_ID,
+                       DSW_STORE_TAG_MESSAGE_ID};
+    int r = one_start(o, record_step, SQL_EXIT_ONE, DSW_ARRAY_LEN(p), p);
+    free(ev);
+    return r;
+}
+
 int dsw_store_record_exit(struct dsw_store *s, const struct dsw_store_exit *e,
                           dsw_store_record_cb cb, void *arg)
 {
@@ -1053,6 +1174,10 @@ int dsw_store_record_exit(struct dsw_store *s, const struct dsw_store_exit *e,
     o->cause = dsw_xstrdup(e->cause ? e->cause : cause);
     o->failure_reason =
         dsw_xstrdup(e->failure_reason ? e->failure_reason : reason_by_outcome(o->outcome));
+    if (e->job_name && o->now_naive[0]) {
+        o->job_name = dsw_xstrdup(e->job_name);
+        return record_exit_one(o);
+    }
     return op_start(o, record_step);
 }
 
@@ -1091,9 +1216,29 @@ static void launch_set_body(struct op *o)
     free(body);
 }
 
+static char *launch_event_json(struct op *o)
+{
+    char rc[16], msg[384];
+    snprintf(rc, sizeof(rc), "%d", o->receive_count);
+    snprintf(msg, sizeof(msg), "[dagster-sqs-worker] Launching run worker on %s (pid %d).",
+             o->s->hostname, o->pid);
+    const struct dsw_kv meta[] = {{"worker", o->s->worker_id},
+                                  {"message_id", o->message_id ? o->message_id : ""},
+                                  {"receive_count", rc}};
+    return dsw_dagster_engine_event(o->run_id, o->job_name, msg, meta, DSW_ARRAY_LEN(meta), -1,
+                                    o->now);
+}
+
+static void launch_tags(struct op *o)
+{
+    o->tags[o->ntags++] = (struct dsw_kv){DSW_STORE_TAG_WORKER_ID, o->s->worker_id};
+    if (o->message_id && *o->message_id)
+        o->tags[o->ntags++] = (struct dsw_kv){DSW_STORE_TAG_MESSAGE_ID, o->message_id};
+}
+
 static void launch_step(struct op *o, const struct dsw_db_result *r)
 {
-    char pid[16], rc[16], msg[384];
+    char pid[16];
     const char *p1[] = {o->run_id};
     switch (o->step) {
     case L_BEGIN: {
@@ -1113,15 +1258,7 @@ static void launch_step(struct op *o, const struct dsw_db_result *r)
             op_fail(o, -ENOENT);
             return;
         }
-        snprintf(rc, sizeof(rc), "%d", o->receive_count);
-        snprintf(msg, sizeof(msg), "[dagster-sqs-worker] Launching run worker on %s (pid %d).",
-                 o->s->hostname, o->pid);
-        const struct dsw_kv meta[] = {{"worker", o->s->worker_id},
-                                      {"message_id", o->message_id ? o->message_id : ""},
-                                      {"receive_count", rc}};
-        op_event(o, L_EVENT, "ENGINE_EVENT",
-                 dsw_dagster_engine_event(o->run_id, o->job_name, msg, meta, DSW_ARRAY_LEN(meta),
-                                          -1, o->now));
+        op_event(o, L_EVENT, "ENGINE_EVENT", launch_event_json(o));
         return;
     }
     case L_EVENT:
@@ -1129,9 +1266,7 @@ static void launch_step(struct op *o, const struct dsw_db_result *r)
             op_fail(o, -ESTALE);
             return;
         }
-        o->tags[o->ntags++] = (struct dsw_kv){DSW_STORE_TAG_WORKER_ID, o->s->worker_id};
-        if (o->message_id && *o->message_id)
-            o->tags[o->ntags++] = (struct dsw_kv){DSW_STORE_TAG_MESSAGE_ID, o->message_id};
+        launch_tags(o);
         op_next_tag(o, L_TAG);
         return;
     case L_TAG:
@@ -1149,6 +1284,38 @@ static void launch_step(struct op *o, const struct dsw_db_result *r)
     }
 }
 
+static int record_launch_one(struct op *o, const char *seen_status)
+{
+    char pid[16];
+    snprintf(pid, sizeof(pid), "%d", o->pid);
+    launch_tags(o);
+    const char *keys[DSW_ARRAY_LEN(o->tags)], *vals[DSW_ARRAY_LEN(o->tags)];
+    for (size_t i = 0; i < o->ntags; i++) {
+        keys[i] = o->tags[i].key;
+        vals[i] = o->tags[i].value;
+    }
+    char *ev = launch_event_json(o);
+    char *body = NULL;
+    int r;
+    if (ev && dsw_dagster_body_update(o->body, seen_status, o->tags, o->ntags, &body) == 0) {
+        char *k = array_literal(keys, o->ntags), *v = array_literal(vals, o->ntags);
+        const char *p[] = {o->run_id, o->token, pid,          seen_status, o->body, o->job_name,
+                           body,      ev,       o->now_naive, k,           v};
+        r = one_start(o, launch_step, SQL_LAUNCH_ONE, DSW_ARRAY_LEN(p), p);
+        free(k);
+        free(v);
+    } else {
+        free(o->job_name);
+        free(o->body);
+        o->job_name = o->body = NULL;
+        o->ntags = 0;
+        r = op_start(o, launch_step);
+    }
+    free(body);
+    free(ev);
+    return r;
+}
+
 int dsw_store_record_launch(struct dsw_store *s, const struct dsw_store_launch *l, dsw_store_cb cb,
                             void *arg)
 {
@@ -1163,6 +1330,11 @@ int dsw_store_record_launch(struct dsw_store *s, const struct dsw_store_launch *
     o->pid = l->child_pid;
     o->receive_count = l->receive_count;
     o->message_id = l->message_id ? dsw_xstrdup(l->message_id) : NULL;
+    if (!fp && l->job_name && l->seen_status && l->seen_body && o->now_naive[0]) {
+        o->job_name = dsw_xstrdup(l->job_name);
+        o->body = dsw_xstrdup(l->seen_body);
+        return record_launch_one(o, l->seen_status);
+    }
     return op_start(o, launch_step);
 }
 

@@ -34,6 +34,9 @@ struct dsw_execution_opts {
     int64_t token;            /* the claim held */
     const char *message_id;   /* may be NULL (exec mode) */
     int receive_count;
+    const char *job_name;    /* runs.pipeline_name as loaded, or NULL; with status_text, lets the
+                                launch and exit records take their one-statement paths */
+    const char *status_text; /* runs.status as loaded (launch.body is the body as loaded) */
     dsw_execution_done_cb done;
     void *arg;
 };

@@ -3,7 +3,7 @@
  * queue.visibility_timeout (a round never starts while the previous one is still in flight:
  * that one already extended every message by a whole timeout); every claims.heartbeat the
  * lease of every running child; every runs.cancel_poll one status poll for every watched run,
- * and at once when a NOTIFY on run_events names one of them. */
+ * and within 25 ms when a NOTIFY on run_events names one of them (one poll per burst). */
 #ifndef DSW_HEARTBEAT_H
 #define DSW_HEARTBEAT_H
 
@@ -19,7 +19,8 @@ struct dsw_heartbeat;
 int dsw_heartbeat_start(struct dsw_pipeline_env *env, bool visibility,
                         struct dsw_heartbeat **out) DSW_WUR;
 
-/* A NOTIFY on run_events (payload <run_id>_<event id>): poll now when it names a watched run. */
+/* A NOTIFY on run_events (payload <run_id>_<event id>): poll within 25 ms when it names a
+ * watched run. */
 void dsw_heartbeat_notify(struct dsw_heartbeat *hb, const char *payload);
 
 /* Stop the beats. The object is freed once its timers are closed and the calls it has in

@@ -173,6 +173,12 @@ int dsw_store_heartbeat(struct dsw_store *s, const char *run_id, int64_t token, 
 int dsw_store_release(struct dsw_store *s, const char *run_id, int64_t token, dsw_store_cb cb,
                       void *arg) DSW_WUR;
 
+/* Close a dead worker's claim (DONE, outcome "lost") and leave the STARTED run as it is, for a
+ * resume: the run's redelivered message or Dagster's run monitoring (resume_run, which reads the
+ * claim as a dead worker) resumes it. Fenced like dsw_store_release; same statuses. */
+int dsw_store_leave_for_resume(struct dsw_store *s, const char *run_id, int64_t token,
+                               dsw_store_cb cb, void *arg) DSW_WUR;
+
 /* One claim the sweeper took over: the new token (claim.token, state CLAIMED), what the row
  * held before (prev_state, prev_worker_id), and the run's status at that time. */
 struct dsw_store_swept {
@@ -212,6 +218,14 @@ struct dsw_store_launch {
     int child_pid;
     const char *message_id; /* may be NULL */
     int receive_count;
+    /* Optional, what the caller read when it loaded the run (dsw_store_load): with all three the
+     * launch is first tried as one statement that writes exactly what the transaction below
+     * would, guarded by the run row still holding this status, body and job name (locked FOR
+     * UPDATE) and by the token; when a guard fails nothing is written and the transaction runs.
+     * One round trip instead of eight. */
+    const char *job_name;
+    const char *seen_status; /* runs.status as loaded */
+    const char *seen_body;   /* runs.run_body as loaded */
 };
 /* Run tags the launch writes, so Dagster's UI shows which worker runs the run. */
 #define DSW_STORE_TAG_WORKER_ID  "dagster-sqs-worker/worker_id"
@@ -242,6 +256,12 @@ struct dsw_store_exit {
                                    terminal; NULL: one naming the exit code or signal */
     const char *failure_reason; /* its RunFailureReason (DSW_FAILURE_*); NULL: by outcome (see
                                    dsw_store_record_outcome) */
+    const char *job_name; /* optional (runs.pipeline_name as loaded): when given, the record is
+                             first tried as one statement for the common case -- the run already
+                             terminal by its own run worker, its body holding the launch's tags,
+                             the pipeline name unchanged -- writing the claim and the exit event
+                             only (what the transaction writes in that case); otherwise nothing
+                             is written by it and the transaction runs */
 };
 /* The result of an outcome write. */
 struct dsw_store_record_result {

@@ -694,6 +694,150 @@ static void test_launch_and_record_exit(void **state)
     teardown_fx(&f);
 }
 
+/* The one-statement paths (the caller's hints) write what the transactions write, and fall
+ * back to them when a guard fails. */
+static struct wait launch_hinted(struct fx *f, const char *id, int64_t token, const char *job,
+                                 const char *status, const char *body)
+{
+    struct wait w = {0};
+    struct dsw_store_launch l = {.run_id = id,
+                                 .token = token,
+                                 .child_pid = 4343,
+                                 .message_id = "m-h",
+                                 .receive_count = 1,
+                                 .job_name = job,
+                                 .seen_status = status,
+                                 .seen_body = body};
+    assert_int_equal(dsw_store_record_launch(f->st[0], &l, on_done, &w), 0);
+    w_until(f, &w);
+    return w;
+}
+
+static struct wait exit_hinted(struct fx *f, const char *id, int64_t token, const char *job)
+{
+    struct wait w = {0};
+    struct dsw_store_exit e = {.run_id = id,
+                               .token = token,
+                               .exit_code = 0,
+                               .pid = 4343,
+                               .duration_s = 1.5,
+                               .job_name = job};
+    assert_int_equal(dsw_store_record_exit(f->st[0], &e, on_record, &w), 0);
+    w_until(f, &w);
+    return w;
+}
+
+static void test_one_statement_paths(void **state)
+{
+    struct fx f;
+    char id[40], id2[40], wid[64];
+    setup_fx(&f, 1);
+    rid(&f, "0d", id);
+    rid(&f, "04", id2);
+    snprintf(wid, sizeof(wid), "testhost:%d:0", (int)getpid());
+    const char *p[] = {id}, *p2[] = {id2};
+    set_status(&f, id, "STARTING");
+    set_status(&f, id2, "STARTING");
+    struct wait ld = {0};
+    assert_int_equal(dsw_store_load(f.st[0], id, on_load, &ld), 0);
+    w_until(&f, &ld);
+    assert_int_equal(ld.status, 0);
+    char *body = dsw_xstrdup(sql(&f, "SELECT run_body FROM runs WHERE run_id = $1", 1, p));
+
+    /* Launch, guards holding: claim running, the event, both tags in run_tags and the body. */
+    struct wait a = claim(&f, 0, id, "m-h");
+    struct wait la = launch_hinted(&f, id, a.claim.token, ld.job, "STARTING", body);
+    assert_int_equal(la.status, 0);
+    assert_string_equal(sql(&f,
+                            "SELECT state || ':' || child_pid FROM dagster_sqs_worker.run_claims "
+                            "WHERE run_id = $1",
+                            1, p),
+                        "running:4343");
+    assert_non_null(strstr(sql(&f, "SELECT event FROM event_logs WHERE run_id = $1", 1, p),
+                           "Launching run worker on testhost (pid 4343)."));
+    assert_string_equal(tag_in_body(&f, id, "dagster-sqs-worker/worker_id"), wid);
+    assert_string_equal(tag_in_body(&f, id, "dagster-sqs-worker/message_id"), "m-h");
+    assert_string_equal(sql(&f,
+                            "SELECT count(*) FROM run_tags WHERE run_id = $1 AND key LIKE "
+                            "'dagster-sqs-worker/%'",
+                            1, p),
+                        "2");
+    assert_string_equal(sql(&f,
+                            "SELECT status || ' ' || (run_body LIKE "
+                            "'%\"status\": {\"__enum__\": \"PipelineRunStatus.STARTING\"}%') "
+                            "FROM runs WHERE run_id = $1",
+                            1, p),
+                        "STARTING true");
+
+    /* A stale token: nothing written, by either path. */
+    struct wait lz = launch_hinted(&f, id, a.claim.token + 1000, ld.job, "STARTING", body);
+    assert_int_equal(lz.status, -ESTALE);
+    assert_string_equal(count_events(&f, id, NULL), "1");
+
+    /* Launch, the body changed since the load (the run worker wrote STARTED): the transaction
+     * runs and merges the tags into the current body. */
+    struct wait b = claim(&f, 0, id2, "m-h");
+    char *body2 = dsw_xstrdup(sql(&f, "SELECT run_body FROM runs WHERE run_id = $1", 1, p2));
+    set_status(&f, id2, "STARTED");
+    struct wait lb = launch_hinted(&f, id2, b.claim.token, ld.job, "STARTING", body2);
+    assert_int_equal(lb.status, 0);
+    assert_string_equal(sql(&f,
+                            "SELECT status || ' ' || (run_body LIKE "
+                            "'%\"status\": {\"__enum__\": \"PipelineRunStatus.STARTED\"}%') "
+                            "FROM runs WHERE run_id = $1",
+                            1, p2),
+                        "STARTED true");
+    assert_string_equal(tag_in_body(&f, id2, "dagster-sqs-worker/worker_id"), wid);
+    assert_string_equal(count_events(&f, id2, NULL), "1");
+
+    /* Exit of a run that ended by itself, tags in its body: claim done + the exit event, the
+     * run untouched. */
+    set_status(&f, id, "SUCCESS");
+    const char *tags_back[] = {id, wid};
+    sql(&f,
+        "UPDATE runs SET run_body = jsonb_set(run_body::jsonb, '{tags}', (run_body::jsonb -> "
+        "'tags') || jsonb_build_object('dagster-sqs-worker/worker_id', $2::text, "
+        "'dagster-sqs-worker/message_id', 'm-h'))::text WHERE run_id = $1",
+        2, tags_back);
+    char *ended = dsw_xstrdup(sql(&f, "SELECT run_body FROM runs WHERE run_id = $1", 1, p));
+    struct wait ea = exit_hinted(&f, id, a.claim.token, ld.job);
+    assert_int_equal(ea.status, 0);
+    assert_false(ea.rr.changed);
+    assert_false(ea.rr.already);
+    assert_int_equal(ea.rr.before, DSW_STATUS_SUCCESS);
+    assert_int_equal(ea.rr.after, DSW_STATUS_SUCCESS);
+    assert_string_equal(sql(&f, "SELECT run_body FROM runs WHERE run_id = $1", 1, p), ended);
+    assert_string_equal(sql(&f,
+                            "SELECT state || ' ' || exit_code || ' ' || outcome || ' ' || "
+                            "(finished_at IS NOT NULL) FROM dagster_sqs_worker.run_claims "
+                            "WHERE run_id = $1",
+                            1, p),
+                        "done 0 exited true");
+    assert_non_null(strstr(sql(&f,
+                               "SELECT event FROM event_logs WHERE run_id = $1 AND "
+                               "dagster_event_type = 'ENGINE_EVENT' ORDER BY id DESC LIMIT 1",
+                               1, p),
+                           "Run worker exited with code 0 after 1.5 s (pid 4343)."));
+    assert_string_equal(count_events(&f, id, NULL), "2");
+    /* Its retry (a lost answer) falls back and finds its own work done. */
+    struct wait again = exit_hinted(&f, id, a.claim.token, ld.job);
+    assert_int_equal(again.status, 0);
+    assert_true(again.rr.already);
+    assert_string_equal(count_events(&f, id, NULL), "2");
+
+    /* Exit of a run still STARTED (a crash): the guard fails, the transaction records FAILURE. */
+    struct wait eb = exit_hinted(&f, id2, b.claim.token, ld.job);
+    assert_int_equal(eb.status, 0);
+    assert_true(eb.rr.changed);
+    assert_int_equal(eb.rr.after, DSW_STATUS_FAILURE);
+    assert_string_equal(count_events(&f, id2, "PIPELINE_FAILURE"), "1");
+    assert_string_equal(count_events(&f, id2, "ENGINE_EVENT"), "2");
+    free(body);
+    free(body2);
+    free(ended);
+    teardown_fx(&f);
+}
+
 static void test_terminal_not_overwritten(void **state)
 {
     struct fx f;
@@ -1105,6 +1249,7 @@ int main(void)
         cmocka_unit_test(test_takeover_and_fencing),
         cmocka_unit_test(test_two_sweepers),
         cmocka_unit_test(test_launch_and_record_exit),
+        cmocka_unit_test(test_one_statement_paths),
         cmocka_unit_test(test_terminal_not_overwritten),
         cmocka_unit_test(test_record_outcome),
         cmocka_unit_test(test_tags_and_reasons),
