@@ -12,6 +12,7 @@
 
 struct round {
     struct dsw_store *store;
+    struct dsw_sweep_policy policy;
     dsw_sweep_cb cb;
     void *arg;
 };
@@ -36,12 +37,38 @@ static void on_recorded(int status, const struct dsw_store_record_result *res, v
     free(run_id);
 }
 
+static void on_left(int status, void *arg)
+{
+    char *run_id = arg;
+    if (status == 0)
+        dsw_info("sweeper: run %s of a dead worker is left STARTED for a resume (runs.resume)",
+                 run_id);
+    else
+        dsw_warn("sweeper: could not close the claim of run %s (%s); it will go stale again",
+                 run_id, strerror(-status));
+    free(run_id);
+}
+
+/* Whether a STARTED run is left for a resume rather than recorded FAILURE. The swept claim's
+ * attempt already counts this sweep; the attempt before it is what the message path counts. */
+static bool resumable(const struct dsw_sweep_policy *pol, const struct dsw_store_swept *it)
+{
+    bool resumed = it->claim.kind && strcmp(it->claim.kind, "resume") == 0;
+    int done = resumed ? it->claim.attempt - 1 : 0;
+    return pol->resume && it->run_status == DSW_STATUS_STARTED && done < pol->max_resumes;
+}
+
 /* Close one claim the round took over. */
-static void close_claim(struct dsw_store *store, const struct dsw_store_swept *it)
+static void close_claim(struct dsw_store *store, const struct dsw_sweep_policy *pol,
+                        const struct dsw_store_swept *it)
 {
     struct dsw_store_outcome o = {.run_id = it->run_id, .token = it->claim.token};
     char *id = dsw_xstrdup(it->run_id);
     int rc;
+    if (resumable(pol, it)) {
+        rc = dsw_store_leave_for_resume(store, it->run_id, it->claim.token, on_left, id);
+        goto out;
+    }
     if (it->run_status == DSW_STATUS_CANCELING) {
         o.outcome = "canceled";
         o.cause = "Run canceled; its worker was lost";
@@ -55,6 +82,7 @@ static void close_claim(struct dsw_store *store, const struct dsw_store_swept *i
     } else { /* the dead worker never started a child: its message will come back */
         rc = dsw_store_release(store, it->run_id, it->claim.token, on_released, id);
     }
+out:
     if (rc) {
         dsw_warn("sweeper: could not close the claim of run %s (%s); a later round retries", id,
                  strerror(-rc));
@@ -66,15 +94,16 @@ static void on_swept(int status, const struct dsw_store_swept *items, size_t n, 
 {
     struct round *r = arg;
     for (size_t i = 0; status == 0 && i < n; i++)
-        close_claim(r->store, &items[i]);
+        close_claim(r->store, &r->policy, &items[i]);
     r->cb(status, r->arg);
     free(r);
 }
 
-int dsw_sweep(struct dsw_store *store, dsw_sweep_cb cb, void *arg)
+int dsw_sweep(struct dsw_store *store, const struct dsw_sweep_policy *policy, dsw_sweep_cb cb,
+              void *arg)
 {
     struct round *r = dsw_xcalloc(1, sizeof(*r));
-    *r = (struct round){.store = store, .cb = cb, .arg = arg};
+    *r = (struct round){.store = store, .policy = *policy, .cb = cb, .arg = arg};
     int rc = dsw_store_sweep(store, SWEEP_BATCH, on_swept, r);
     if (rc)
         free(r);

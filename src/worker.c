@@ -233,7 +233,9 @@ static void on_swept(int status, void *arg)
 static void on_sweep_timer(uv_timer_t *t)
 {
     struct worker *w = t->data;
-    if (!w->sweep_busy && w->db_up && dsw_sweep(w->cl.store, on_swept, w) == 0)
+    const struct dsw_sweep_policy policy = {.resume = w->conf->runs.resume,
+                                            .max_resumes = (int)w->conf->runs.max_resumes};
+    if (!w->sweep_busy && w->db_up && dsw_sweep(w->cl.store, &policy, on_swept, w) == 0)
         w->sweep_busy = true;
 }
 

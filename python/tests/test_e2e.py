@@ -297,10 +297,6 @@ def test_dagster_job_launch_cli(setup: Setup, daemons: List[Daemon]) -> None:
     s.wait_status(run_id, "SUCCESS", 120)
 
 
-@pytest.mark.xfail(
-    reason="a live daemon's sweeper records FAILURE ('run worker lost') for a STARTED run with a "
-    "stale claim before Dagster's run monitoring can resume it, runs.resume = on or not",
-    strict=False)
 def test_monitoring_resumes_while_another_daemon_lives(dagster_db: str, sqs_endpoint: str,
                                                        workdir: Path,
                                                        daemons: List[Daemon]) -> None:

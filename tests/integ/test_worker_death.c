@@ -78,11 +78,47 @@ static void test_kill9_sweeper_cancels_canceling_run(void **state)
     kill9_during("CANCELED", "yes");
 }
 
+/* runs.resume = on on both: the survivor's sweeper closes the dead worker's claim ("lost") and
+ * leaves the STARTED run alone (no FAILURE), so that a resume can follow; the message, back after
+ * its visibility timeout, resumes the run on the survivor (kind "resume", a second start). */
+static void test_kill9_sweeper_leaves_run_for_resume(void **state)
+{
+    char id[37];
+    tu_run_new(id, "STARTING", "sleep:4");
+    tu_send_run(&q, id, NULL, 0);
+    tu_env_set(&env, "DSW_RUNS_RESUME", "on");
+    struct tu_daemon *a = tu_daemon_start(&env, (const char *const[]){"run", NULL});
+    assert_true(tu_wait_status(id, "STARTED", WAIT_MS));
+    struct tu_env e2 = {0};
+    tu_worker_env(&e2, &q);
+    tu_env_set(&e2, "DSW_CLAIMS_SWEEP", "500ms");
+    tu_env_set(&e2, "DSW_RUNS_RESUME", "on");
+    struct tu_daemon *b = tu_daemon_start(&e2, (const char *const[]){"run", NULL});
+    assert_true(tu_daemon_wait_ready(b, WAIT_MS));
+    tu_daemon_signal(a, SIGKILL);
+    assert_int_equal(tu_daemon_wait(a, WAIT_MS), 128 + SIGKILL);
+    assert_true(tu_wait_sql("SELECT outcome FROM dagster_sqs_worker.run_claims WHERE run_id = $1",
+                            id, "lost", WAIT_MS));
+    assert_true(tu_daemon_log_has(b, "left STARTED for a resume"));
+    assert_true(tu_wait_status(id, "SUCCESS", WAIT_MS));
+    assert_true(tu_pg_ll("SELECT count(*) FROM event_logs WHERE run_id = $1 AND "
+                         "dagster_event_type = 'PIPELINE_FAILURE'",
+                         1, (const char *const[]){id}) == 0);
+    assert_true(tu_eq_free(tu_claim_col(id, "kind"), "resume"));
+    assert_true(tu_eq_free(tu_claim_col(id, "outcome"), "exited"));
+    assert_int_equal(tu_run_starts(id), 2);
+    assert_true(tu_wait_queue_empty(&q, WAIT_MS));
+    tu_daemon_signal(b, SIGTERM);
+    assert_int_equal(tu_daemon_wait(b, WAIT_MS), 0);
+    tu_env_free(&e2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_kill9_sweeper_fails_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_sweeper_cancels_canceling_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kill9_sweeper_leaves_run_for_resume, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
