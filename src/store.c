@@ -155,9 +155,6 @@ static const char SQL_RELEASE[] =
 static const char SQL_LEAVE[] =
     "UPDATE " CLAIMS " SET state = 'done', outcome = 'lost', finished_at = now()"
     " WHERE run_id = $1 AND fencing_token = $2::bigint AND state <> 'done'";
-static const char SQL_LEAVE[] =
-    "UPDATE " CLAIMS " SET state = 'done', outcome = 'lost', finished_at = now()"
-    " WHERE run_id = $1 AND fencing_token = $2::bigint AND state <> 'done'";
 static const char SQL_SWEEP[] =
     "UPDATE " CLAIMS " AS c SET fencing_token = " FENCE ", worker_id = $1, state = 'claimed',"
     " attempt = c.attempt + 1, child_pid = NULL, claimed_at = now(), heartbeat_at = now()"
@@ -569,12 +566,6 @@ int dsw_store_release(struct dsw_store *s, const char *run_id, int64_t token, ds
                       void *arg)
 {
     return claim_statement(s, SQL_RELEASE, run_id, token, 0, cb, arg);
-}
-
-int dsw_store_leave_for_resume(struct dsw_store *s, const char *run_id, int64_t token,
-                               dsw_store_cb cb, void *arg)
-{
-    return claim_statement(s, SQL_LEAVE, run_id, token, 0, cb, arg);
 }
 
 int dsw_store_leave_for_resume(struct dsw_store *s, const char *run_id, int64_t token,

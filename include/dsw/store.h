@@ -179,12 +179,6 @@ int dsw_store_release(struct dsw_store *s, const char *run_id, int64_t token, ds
 int dsw_store_leave_for_resume(struct dsw_store *s, const char *run_id, int64_t token,
                                dsw_store_cb cb, void *arg) DSW_WUR;
 
-/* Close a dead worker's claim (DONE, outcome "lost") and leave the STARTED run as it is, for a
- * resume: the run's redelivered message or Dagster's run monitoring (resume_run, which reads the
- * claim as a dead worker) resumes it. Fenced like dsw_store_release; same statuses. */
-int dsw_store_leave_for_resume(struct dsw_store *s, const char *run_id, int64_t token,
-                               dsw_store_cb cb, void *arg) DSW_WUR;
-
 /* One claim the sweeper took over: the new token (claim.token, state CLAIMED), what the row
  * held before (prev_state, prev_worker_id), and the run's status at that time. */
 struct dsw_store_swept {
