@@ -1,9 +1,14 @@
-/* log: one record = one write(2) of one line. Text or JSON; journald priority prefix when
- * stderr is the journal stream; a scrubber masks anything that looks like a secret. */
+/* log: one record = one line. Text or JSON; journald priority prefix when stderr is the journal
+ * stream; a scrubber masks anything that looks like a secret. Lines go through a bounded buffer:
+ * on the loop it drains when the fd is writable (never blocking), elsewhere with a bounded wait;
+ * a line that does not fit is dropped and counted. */
 #include "dsw/log.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +17,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 enum dsw_log_level dsw_log_threshold = DSW_LOG_INFO;
 
@@ -33,12 +39,179 @@ static int journal_matches(int fd)
     return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
 }
 
+/* ---- output: the bounded buffer --------------------------------------------------------- */
+
+static struct {
+    char buf[DSW_LOG_BUFFER_MAX];
+    size_t off, len;          /* pending bytes are buf[off, off + len) */
+    uint64_t dropped;         /* lines dropped since start (the metric) */
+    uint64_t unreported;      /* dropped since the last "dropped N log lines" line */
+    int stalled;              /* the last bounded wait ran out: do not wait again until it drains */
+    uv_poll_t *poll;          /* on the loop: writability of log_fd (heap, freed when closed) */
+    int polling, saved_flags; /* the fd's flags before libuv made it non-blocking */
+} sink;
+
+static void emit_line(enum dsw_log_level level, const struct dsw_log_ctx *ctx, char *msg);
+
+static void out_append(const char *s, size_t n)
+{
+    if (n > sizeof(sink.buf) - sink.len) {
+        sink.dropped++;
+        sink.unreported++;
+        return;
+    }
+    if (n > sizeof(sink.buf) - sink.off - sink.len) {
+        memmove(sink.buf, sink.buf + sink.off, sink.len);
+        sink.off = 0;
+    }
+    memcpy(sink.buf + sink.off + sink.len, s, n);
+    sink.len += n;
+}
+
+/* One write of at most PIPE_BUF bytes (a pipe or socket that polled writable takes it without
+ * blocking). 1 when something went, 0 when the fd would block or the buffer is empty. */
+static int out_write_piece(void)
+{
+    if (!sink.len)
+        return 0;
+    ssize_t w;
+    do
+        w = write(log_fd, sink.buf + sink.off, sink.len < PIPE_BUF ? sink.len : PIPE_BUF);
+    while (w < 0 && errno == EINTR);
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return 0;
+    if (w <= 0) { /* EPIPE, EBADF...: nobody will read these */
+        sink.off = sink.len = 0;
+        return 0;
+    }
+    sink.off += (size_t)w;
+    sink.len -= (size_t)w;
+    if (!sink.len) {
+        sink.off = 0;
+        sink.stalled = 0;
+    }
+    return 1;
+}
+
+/* Once the buffer is empty, say how many lines were lost (one line). */
+static void out_report_drops(void)
+{
+    if (sink.len || !sink.unreported)
+        return;
+    char msg[96];
+    snprintf(msg, sizeof(msg), "dropped %llu log lines (stderr was not writable)",
+             (unsigned long long)sink.unreported);
+    sink.unreported = 0;
+    emit_line(DSW_LOG_WARN, NULL, msg);
+}
+
+/* Off the loop (the fd may block): wait at most timeout_ms in all for it to take the buffer. */
+static void out_flush_bounded(int timeout_ms)
+{
+    uint64_t deadline = dsw_now_ms() + (uint64_t)timeout_ms;
+    while (sink.len) {
+        uint64_t now = dsw_now_ms();
+        struct pollfd p = {.fd = log_fd, .events = POLLOUT};
+        int left = now < deadline ? (int)(deadline - now) : 0;
+        if (poll(&p, 1, left) == 0) {
+            sink.stalled = 1;
+            return;
+        }
+        if (!out_write_piece() && sink.len && left == 0)
+            return; /* polled ready but would block (EAGAIN) and no time left */
+    }
+}
+
+static void on_writable(uv_poll_t *h, int status, int events)
+{
+    (void)events;
+    if (status < 0)
+        sink.off = sink.len = 0; /* the reader is gone */
+    while (out_write_piece())
+        ;
+    if (!sink.len) {
+        uv_poll_stop(h);
+        sink.polling = 0;
+        out_report_drops();
+    }
+}
+
+static void out_flush(void)
+{
+    if (!sink.poll) {
+        out_flush_bounded(sink.stalled ? 0 : DSW_LOG_SYNC_WAIT_MS);
+        out_report_drops();
+        return;
+    }
+    if (sink.polling)
+        return; /* the poll callback writes, in order */
+    while (out_write_piece())
+        ;
+    if (!sink.len)
+        out_report_drops();
+    else if (uv_poll_start(sink.poll, UV_WRITABLE, on_writable) == 0)
+        sink.polling = 1;
+    else
+        out_flush_bounded(0);
+}
+
+int dsw_log_attach(uv_loop_t *loop)
+{
+    if (sink.poll)
+        return -EALREADY;
+    sink.saved_flags = fcntl(log_fd, F_GETFL);
+    uv_poll_t *p = dsw_xcalloc(1, sizeof(*p));
+    int rc = uv_poll_init(loop, p, log_fd);
+    if (rc) { /* a regular file or /dev/null: writes to it do not wait for a reader */
+        free(p);
+        return rc == UV_EPERM ? 0 : rc;
+    }
+    uv_unref((uv_handle_t *)p); /* never what keeps the loop running */
+    sink.poll = p;
+    out_flush();
+    return 0;
+}
+
+static void free_poll(uv_handle_t *h)
+{
+    free(h);
+}
+
+void dsw_log_detach(uv_loop_t *loop)
+{
+    if (!sink.poll)
+        return;
+    uv_close((uv_handle_t *)sink.poll, free_poll);
+    sink.poll = NULL;
+    sink.polling = 0;
+    uv_run(loop, UV_RUN_NOWAIT); /* the close callback */
+    if (sink.saved_flags >= 0)
+        (void)fcntl(log_fd, F_SETFL, sink.saved_flags);
+    dsw_log_flush(DSW_LOG_SYNC_WAIT_MS);
+}
+
+void dsw_log_flush(int timeout_ms)
+{
+    if (!sink.poll) {
+        out_flush_bounded(timeout_ms);
+        out_report_drops();
+        out_flush_bounded(timeout_ms);
+    }
+}
+
+uint64_t dsw_log_dropped(void)
+{
+    return sink.dropped;
+}
+
 void dsw_log_setup(enum dsw_log_level level, enum dsw_log_format format, int fd)
 {
     dsw_log_threshold = level;
     log_format = format;
     log_fd = fd;
     log_journal = journal_matches(fd);
+    sink.off = sink.len = 0;
+    sink.stalled = 0;
 }
 
 void dsw_log_set_level(enum dsw_log_level level)
@@ -364,15 +537,9 @@ static void format_json(struct line *l, enum dsw_log_level level, const struct d
     puts_(l, "}");
 }
 
-void dsw_log_emit(enum dsw_log_level level, const struct dsw_log_ctx *ctx, const char *fmt, ...)
+/* Format one record (msg is scrubbed and may be altered) and queue it. */
+static void emit_line(enum dsw_log_level level, const struct dsw_log_ctx *ctx, char *msg)
 {
-    if (level < dsw_log_threshold || level >= DSW_LOG_OFF)
-        return;
-    char msg[DSW_LOG_LINE_MAX / 2];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
     struct dsw_log_ctx c = {.duration_ms = -1};
     if (ctx)
         c = *ctx;
@@ -390,13 +557,18 @@ void dsw_log_emit(enum dsw_log_level level, const struct dsw_log_ctx *ctx, const
     else
         format_text(&l, level, ctx ? &c : NULL, msg);
     l.buf[l.len++] = '\n';
-    ssize_t off = 0;
-    while ((size_t)off < l.len) {
-        ssize_t n = write(log_fd, l.buf + off, l.len - (size_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        off += n;
-    }
+    out_append(l.buf, l.len);
+    out_flush();
+}
+
+void dsw_log_emit(enum dsw_log_level level, const struct dsw_log_ctx *ctx, const char *fmt, ...)
+{
+    if (level < dsw_log_threshold || level >= DSW_LOG_OFF)
+        return;
+    char msg[DSW_LOG_LINE_MAX / 2];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    emit_line(level, ctx, msg);
 }

@@ -3,6 +3,8 @@
  * memory are bounded by construction. Rendering writes Prometheus text format 0.0.4. */
 #include "dsw/metrics.h"
 
+#include "dsw/log.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
@@ -413,7 +415,13 @@ static long long rss_bytes(void)
 
 static int put_process(struct dsw_buf *b)
 {
-    int rc = put_header(b, "dsw_build_info", "Build information; the value is always 1.", "gauge");
+    int rc = put_header(b, "dsw_log_dropped_total",
+                        "Log lines dropped because stderr was not writable.", "counter");
+    if (rc == 0)
+        rc = dsw_buf_printf(b, "dsw_log_dropped_total %llu\n",
+                            (unsigned long long)dsw_log_dropped());
+    if (rc == 0)
+        rc = put_header(b, "dsw_build_info", "Build information; the value is always 1.", "gauge");
     if (rc == 0)
         rc = dsw_buf_printf(b, "dsw_build_info{version=\"%s\"} 1\n", DSW_VERSION);
     long long rss = rss_bytes();

@@ -627,11 +627,14 @@ int dsw_worker_main(const struct dsw_conf *conf, enum dsw_worker_mode mode, cons
         free(w);
         return 1;
     }
+    if ((rc = dsw_log_attach(&w->loop)) != 0)
+        dsw_warn("log: stderr cannot be polled (%s): writes may wait", uv_strerror(rc));
     int failed = start(w);
     if (failed)
         stop_with(w, failed);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     int exit_code = w->exit_code;
+    dsw_log_detach(&w->loop);
     rc = uv_loop_close(&w->loop);
     if (rc) {
         dsw_error("internal: handles left open at exit");

@@ -3,7 +3,10 @@
 #include "testutil.h"
 
 #include "dsw/log.h"
+#include "dsw/metrics.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -211,6 +214,124 @@ static void test_parse(void **state)
     assert_string_equal(dsw_log_level_name(DSW_LOG_ERROR), "error");
 }
 
+/* A pipe whose reader is not reading, full to the brim. */
+static void full_pipe(int fds[2])
+{
+    assert_int_equal(pipe(fds), 0);
+    int fl = fcntl(fds[1], F_GETFL);
+    assert_int_equal(fcntl(fds[1], F_SETFL, fl | O_NONBLOCK), 0);
+    char chunk[4096];
+    memset(chunk, 'x', sizeof(chunk));
+    while (write(fds[1], chunk, sizeof(chunk)) > 0)
+        ;
+    assert_int_equal(errno, EAGAIN);
+    assert_int_equal(fcntl(fds[1], F_SETFL, fl), 0);
+    assert_int_equal(fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK), 0);
+}
+
+/* Everything readable now from fd appended to acc (capped); whether needle is in it. */
+static int read_for(int fd, char *acc, size_t cap, size_t *len, const char *needle)
+{
+    ssize_t n;
+    while ((n = read(fd, acc + *len, cap - 1 - *len)) > 0) {
+        *len += (size_t)n;
+        acc[*len] = '\0';
+        if (strstr(acc, needle))
+            return 1;
+        if (*len > cap / 2) { /* keep the tail: the needle comes last */
+            memmove(acc, acc + *len - 256, 256);
+            *len = 256;
+        }
+    }
+    acc[*len] = '\0';
+    return strstr(acc, needle) != NULL;
+}
+
+struct reader {
+    int fd;
+    char want[64], acc[65536];
+    size_t len;
+};
+
+static int reader_saw(void *arg)
+{
+    struct reader *r = arg;
+    return read_for(r->fd, r->acc, sizeof(r->acc), &r->len, r->want);
+}
+
+static uint64_t fill_until_dropped(uint64_t before)
+{
+    char big[1024];
+    memset(big, 'y', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    for (int i = 0; i < 1000 && dsw_log_dropped() == before; i++)
+        dsw_info("line %d %s", i, big);
+    return dsw_log_dropped() - before;
+}
+
+static int rendered_drops(uint64_t *n)
+{
+    struct dsw_buf b;
+    dsw_buf_init(&b, DSW_METRICS_RENDER_MAX);
+    assert_int_equal(dsw_metrics_render(&b), 0);
+    const char *p = strstr(b.data, "\ndsw_log_dropped_total ");
+    int found = p && sscanf(p, "\ndsw_log_dropped_total %llu", (unsigned long long *)n) == 1;
+    dsw_buf_free(&b);
+    return found;
+}
+
+/* On the loop, a stalled stderr never blocks a caller: lines are buffered, then dropped and
+ * counted (the metric too); once the reader reads, the buffer drains by itself and one line
+ * says how many were lost. */
+static void test_stalled_fd_on_loop_drops_and_reports(void **state)
+{
+    int fds[2];
+    full_pipe(fds);
+    dsw_log_setup(DSW_LOG_INFO, DSW_LOG_TEXT, fds[1]);
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(dsw_log_attach(&loop), 0);
+    uint64_t before = dsw_log_dropped();
+    uint64_t dropped = fill_until_dropped(before);
+    assert_true(dropped > 0);
+    assert_int_equal(fill_until_dropped(before + dropped), 1); /* still full: dropped too */
+    dropped++;
+    uint64_t metric = 0;
+    assert_true(rendered_drops(&metric));
+    assert_int_equal(metric, dsw_log_dropped());
+    struct reader r = {.fd = fds[0]};
+    snprintf(r.want, sizeof(r.want), "dropped %llu log lines", (unsigned long long)dropped);
+    int seen = tu_run_until(&loop, reader_saw, &r, 10000);
+    assert_true(seen);
+    dsw_log_detach(&loop);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    close(fds[0]);
+    close(fds[1]);
+}
+
+/* Off the loop (before it exists, at exit) the wait for a full fd is bounded: the first line
+ * waits DSW_LOG_SYNC_WAIT_MS, later ones not at all while it stays full; a flush once the
+ * reader reads writes everything and the count of what was lost. */
+static void test_stalled_fd_off_loop_is_bounded(void **state)
+{
+    int fds[2];
+    full_pipe(fds);
+    dsw_log_setup(DSW_LOG_INFO, DSW_LOG_TEXT, fds[1]);
+    uint64_t before = dsw_log_dropped();
+    uint64_t dropped = fill_until_dropped(before); /* returns: nothing blocks */
+    assert_true(dropped > 0);
+    struct reader r = {.fd = fds[0]};
+    snprintf(r.want, sizeof(r.want), "dropped %llu log lines", (unsigned long long)dropped);
+    int seen = 0;
+    for (int i = 0; i < 1000 && !seen; i++) {
+        seen = reader_saw(&r);
+        dsw_log_flush(10);
+    }
+    assert_true(seen);
+    close(fds[0]);
+    close(fds[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -220,6 +341,8 @@ int main(void)
         cmocka_unit_test(test_journal_prefix),
         cmocka_unit_test(test_secrets_scrubbed),
         cmocka_unit_test(test_parse),
+        cmocka_unit_test(test_stalled_fd_on_loop_drops_and_reports),
+        cmocka_unit_test(test_stalled_fd_off_loop_is_bounded),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -377,7 +377,7 @@ static void test_every_metric_rendered(void **state)
                               "dsw_messages_deferred_total",   "dsw_claims_total",
                               "dsw_runs_started_total",        "dsw_runs_finished_total",
                               "dsw_sqs_requests_total",        "dsw_db_errors_total",
-                              "dsw_warm_runner_failures_total"};
+                              "dsw_warm_runner_failures_total", "dsw_log_dropped_total"};
     const char *gauges[] = {"dsw_runs_in_flight", "dsw_slots",
                             "dsw_draining",       "dsw_warm_runners_ready",
                             "dsw_build_info",     "process_resident_memory_bytes"};
