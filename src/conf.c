@@ -803,14 +803,11 @@ static size_t name_distance(const char *a, const char *b, size_t cap)
 static int env_is_other(const char *name)
 {
     static const char *const names[] = {"DSW_FAILPOINTS", "DSW_TRAMPOLINE"};
-    static const char *const prefixes[] = {"DSW_FAILPOINT_", "DSW_RUNS_ENV_"};
+    static const char prefix[] = "DSW_RUNS_ENV_";
     for (size_t i = 0; i < DSW_ARRAY_LEN(names); i++)
         if (strcmp(name, names[i]) == 0)
             return 1;
-    for (size_t i = 0; i < DSW_ARRAY_LEN(prefixes); i++)
-        if (strncmp(name, prefixes[i], strlen(prefixes[i])) == 0 && name[strlen(prefixes[i])])
-            return 1;
-    return 0;
+    return strncmp(name, prefix, sizeof(prefix) - 1) == 0 && name[sizeof(prefix) - 1];
 }
 
 /* A DSW_* variable that names no key is most likely a misspelt one, which would otherwise be

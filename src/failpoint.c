@@ -25,6 +25,7 @@ struct point {
     long nth;   /* fire only at this hit (0: any) */
     long every; /* fire every N-th hit (0: every hit) */
     long hits;
+    long fired;
 };
 
 static struct point points[MAX_POINTS];
@@ -85,10 +86,25 @@ int dsw_failpoint_setup(const char *spec)
     return rc;
 }
 
-int dsw_failpoint_hit(const char *name)
+static void read_env_once(void)
 {
     if (npoints < 0 && dsw_failpoint_setup(getenv("DSW_FAILPOINTS")))
         dsw_error("DSW_FAILPOINTS is malformed; no failpoint armed");
+}
+
+long dsw_failpoint_fired(const char *name)
+{
+    read_env_once();
+    long n = 0;
+    for (int i = 0; i < npoints; i++)
+        if (strcmp(points[i].name, name) == 0)
+            n += points[i].fired;
+    return n;
+}
+
+int dsw_failpoint_hit(const char *name)
+{
+    read_env_once();
     for (int i = 0; i < npoints; i++) {
         struct point *p = &points[i];
         if (strcmp(p->name, name) != 0)
@@ -96,6 +112,7 @@ int dsw_failpoint_hit(const char *name)
         p->hits++;
         if ((p->nth && p->hits != p->nth) || (p->every && p->hits % p->every))
             return 0;
+        p->fired++;
         dsw_warn("failpoint %s fired (hit %ld)", name, p->hits);
         switch (p->action) {
         case A_ABORT:

@@ -3,6 +3,7 @@
  * a uv_timer_t pings WATCHDOG=1 only if the count moved since its last ping. */
 #include "dsw/notify.h"
 
+#include "dsw/failpoint.h"
 #include "dsw/log.h"
 
 #include <errno.h>
@@ -130,9 +131,7 @@ uint64_t dsw_notify_watchdog_interval_ms(void)
 struct dsw_watchdog {
     uv_timer_t timer;
     uv_check_t check;
-    uv_timer_t wedge; /* failpoint timer; initialised (and closed) in every build for symmetry */
     uint64_t interval_ms;
-    uint64_t wedge_ms;
     uint64_t pinged_at_tick;
     uint64_t pinged_at_ms;
     struct dsw_watchdog_stats st;
@@ -145,6 +144,18 @@ static void on_check(uv_check_t *c)
 {
     struct dsw_watchdog *w = c->data;
     w->st.ticks++;
+}
+
+/* "watchdog_wedge=sleep:MS@N" blocks the loop right after the N-th ping (test builds). */
+static void wedge_failpoint(struct dsw_watchdog *w)
+{
+    long fired = DSW_FAILPOINT_FIRED("watchdog_wedge");
+    uint64_t start = dsw_now_ns();
+    (void)DSW_FAILPOINT("watchdog_wedge");
+    if (DSW_FAILPOINT_FIRED("watchdog_wedge") > fired) {
+        w->st.wedge_start_ns = start;
+        w->st.wedge_end_ns = dsw_now_ns();
+    }
 }
 
 static void on_ping(uv_timer_t *t)
@@ -162,34 +173,8 @@ static void on_ping(uv_timer_t *t)
     w->st.pings++;
     if (dsw_notify_watchdog() < 0)
         w->st.send_errors++; /* logged at debug by dsw_notify_send; the next ping retries */
+    wedge_failpoint(w);
 }
-
-#ifdef DSW_FAILPOINTS
-static void on_wedge(uv_timer_t *t)
-{
-    struct dsw_watchdog *w = t->data;
-    uint64_t n = w->wedge_ms;
-    dsw_warn("failpoint: wedging the loop for %" PRIu64 " ms", n);
-    w->st.wedge_start_ns = dsw_now_ns();
-    uint64_t end = w->st.wedge_start_ns + n * 1000000u;
-    for (uint64_t now; (now = dsw_now_ns()) < end;) {
-        uint64_t left = end - now;
-        struct timespec ts = {.tv_sec = (time_t)(left / 1000000000u),
-                              .tv_nsec = (long)(left % 1000000000u)};
-        nanosleep(&ts, NULL);
-    }
-    w->st.wedge_end_ns = dsw_now_ns();
-}
-
-static void arm_failpoint(struct dsw_watchdog *w)
-{
-    uint64_t after = 1000;
-    if (parse_u64(getenv("DSW_FAILPOINT_WEDGE_MS"), &w->wedge_ms) < 0 || w->wedge_ms == 0)
-        return;
-    (void)parse_u64(getenv("DSW_FAILPOINT_WEDGE_AFTER_MS"), &after);
-    uv_timer_start(&w->wedge, on_wedge, after, 0);
-}
-#endif
 
 int dsw_watchdog_init(struct dsw_watchdog **out, uv_loop_t *loop, uint64_t interval_ms)
 {
@@ -199,16 +184,12 @@ int dsw_watchdog_init(struct dsw_watchdog **out, uv_loop_t *loop, uint64_t inter
     /* uv_timer_init and uv_check_init cannot fail on Linux; nothing to unwind. */
     uv_timer_init(loop, &w->timer);
     uv_check_init(loop, &w->check);
-    uv_timer_init(loop, &w->wedge);
-    w->timer.data = w->check.data = w->wedge.data = w;
+    w->timer.data = w->check.data = w;
     if (w->interval_ms) {
         uv_check_start(&w->check, on_check);
         uv_timer_start(&w->timer, on_ping, w->interval_ms, w->interval_ms);
         dsw_info("watchdog: pinging every %" PRIu64 " ms while the loop runs", w->interval_ms);
     }
-#ifdef DSW_FAILPOINTS
-    arm_failpoint(w);
-#endif
     *out = w;
     return 0;
 }
@@ -239,8 +220,7 @@ void dsw_watchdog_close(struct dsw_watchdog *w, dsw_watchdog_close_cb cb, void *
 {
     w->close_cb = cb;
     w->close_arg = arg;
-    w->nclosing = 3;
+    w->nclosing = 2;
     uv_close((uv_handle_t *)&w->timer, on_closed);
     uv_close((uv_handle_t *)&w->check, on_closed);
-    uv_close((uv_handle_t *)&w->wedge, on_closed);
 }

@@ -513,8 +513,8 @@ static void test_notify_sequence_and_wedge(void **state)
     assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
     snprintf(ns, sizeof(ns), "NOTIFY_SOCKET=%s", sock);
     /* Watchdog every 150 ms; the loop is wedged for 1 s after the 10th ping (~1.5 s in). */
-    const char *extra[] = {ns, "WATCHDOG_USEC=300000", "DSW_FAILPOINTS=watchdog_wedge=sleep:1000@10",
-                           NULL};
+    const char *extra[] = {ns, "WATCHDOG_USEC=300000",
+                           "DSW_FAILPOINTS=watchdog_wedge=sleep:1000@10", NULL};
     start_daemon(extra);
     static struct dgram d[400];
     size_t n = collect_dgrams(fd, d, 400, 0, 4000, NULL);

@@ -309,8 +309,6 @@ static void test_unknown_env(void **state)
         "DSW_RUNS_KIL_GRACE=5s", "DSW_QEUE_URL=http://x/1/q", "DSW_RUNS_BOGUS=1",
         /* ours, but no keys */
         "DSW_RUNS_ENV_FOO=bar", "DSW_FAILPOINTS=db_query=error", "DSW_TRAMPOLINE=/x",
-        "DSW_FAILPOINT_NO_VISIBILITY_HEARTBEAT=1", "DSW_FAILPOINT_WEDGE_MS=10",
-        "DSW_FAILPOINT_WEDGE_AFTER_MS=10",
         /* the test harnesses' (tests/, scripts/, bench/) */
         "DSW_BIN=/b", "DSW_SOURCE_DIR=/s", "DSW_VECTORS=/v", "DSW_TEST_PG_CONNINFO=x",
         "DSW_TEST_PG_PORT=1", "DSW_TEST_PG_DATA=x", "DSW_TEST_PG_BIN=x", "DSW_TEST_FAUXQS_URL=x",

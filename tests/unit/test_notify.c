@@ -3,6 +3,7 @@
  * it). A receiver thread timestamps every datagram as it arrives. */
 #include "testutil.h"
 
+#include "dsw/failpoint.h"
 #include "dsw/notify.h"
 
 #include <errno.h>
@@ -271,19 +272,17 @@ static void test_watchdog_wedged(void **state)
     struct collector c;
     collector_start(&c, 1);
     setenv("WATCHDOG_USEC", "100000", 1);
-    setenv("DSW_FAILPOINT_WEDGE_MS", "600", 1);
-    setenv("DSW_FAILPOINT_WEDGE_AFTER_MS", "300", 1);
+    assert_int_equal(dsw_failpoint_setup("watchdog_wedge=sleep:600@6"), 0); /* ~300 ms in */
     uv_loop_t loop;
     assert_int_equal(uv_loop_init(&loop), 0);
     struct dsw_watchdog *w;
     assert_int_equal(dsw_watchdog_init(&w, &loop, 0), 0);
-    unsetenv("DSW_FAILPOINT_WEDGE_MS");
-    unsetenv("DSW_FAILPOINT_WEDGE_AFTER_MS");
     tu_run_until(&loop, never, NULL, 1300);
     struct dsw_watchdog_stats st;
     dsw_watchdog_stats(w, &st);
     dsw_watchdog_close(w, NULL, NULL);
     tu_loop_close(&loop);
+    assert_int_equal(dsw_failpoint_setup(NULL), 0);
     collector_wait(&c, st.pings);
     assert_true(st.wedge_start_ns > 0);
     assert_true(st.wedge_end_ns - st.wedge_start_ns >= 600000000u);
