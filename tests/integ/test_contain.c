@@ -179,7 +179,7 @@ static void parent_killed(const char *tramp)
     fprintf(stderr, "contain (%s): whole tree gone %llu ms after kill -9 of its parent\n",
             tramp_name(tramp), (unsigned long long)ms);
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
-    assert_true(ms < 2000);
+    assert_true(ms < tu_slack_ms()); /* at once: nothing waits here */
     tree_free(&t);
 }
 
@@ -277,7 +277,7 @@ static void test_stop(void **state)
         assert_int_equal(st.term_signal, SIGTERM);
         assert_int_equal(st.killed, DSW_PROC_TERMINATE);
         assert_int_equal(st.sigkilled, 0);
-        assert_true(st.duration_ms < 15000);
+        assert_true(st.duration_ms < tu_slack_ms() && st.duration_ms < 20000); /* not the grace */
     }
 }
 
@@ -298,7 +298,7 @@ static void test_escalation(void **state)
         st = via_proc(tramps[i], "ignore", H_CLOSE, 60000);
         assert_int_equal(st.term_signal, SIGKILL);
         assert_int_equal(st.killed, DSW_PROC_CLOSED);
-        assert_true(st.duration_ms < 15000);
+        assert_true(st.duration_ms < tu_slack_ms()); /* not the 60 s grace */
     }
 }
 
@@ -405,7 +405,7 @@ static void test_daemon_kill9(void **state)
     assert_true(tu_wait(pid_gone_b, &sup, WAIT_MS));
     fprintf(stderr, "contain (daemon): whole tree gone %llu ms after kill -9 of the daemon\n",
             (unsigned long long)ms);
-    assert_true(ms < 2000);
+    assert_true(ms < tu_slack_ms());                        /* at once: nothing waits here */
     if (waitpid(sup, NULL, WNOHANG) < 0 && errno != ECHILD) /* reparented to us, or not */
         fail_msg("waitpid: %s", strerror(errno));
     tree_free(&t);

@@ -198,7 +198,7 @@ static void test_exec_once_postgres_down(void **state)
         if (rc != 69)
             fprintf(stderr, "%s\n", out);
         assert_int_equal(rc, 69);
-        assert_true(took >= 2000 && took < 8000);
+        assert_true(took >= 2000 && took < 2000 + tu_slack_ms());
         assert_non_null(strstr(out, "PostgreSQL unreachable for 2 s: giving up"));
         assert_null(strstr(out, "cannot check the dagster_sqs_worker schema"));
         free(out);
@@ -210,7 +210,8 @@ static void test_exec_once_postgres_down(void **state)
     assert_int_equal(
         tu_cli(&down, (const char *const[]){"exec", "/no/such/body.json", NULL}, NULL, WAIT_MS),
         64);
-    assert_true(dsw_now_ms() - t0 < 1500);
+    uint64_t took = dsw_now_ms() - t0;
+    assert_true(took < tu_slack_ms() && took < 2000); /* not the 2 s wait for Postgres */
     assert_non_null(strstr(out, "exec: cannot read /no/such/body.json: No such file or directory"));
     free(out);
     unlink(path);

@@ -1132,6 +1132,30 @@ int tu_run_quiet(char *const argv[], const char *log)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+uint64_t tu_baseline_us(void)
+{
+    static uint64_t worst;
+    if (worst)
+        return worst;
+    const char *bin = getenv("DSW_BIN");
+    char *argv[] = {(char *)(bin && *bin ? bin : "/bin/true"), "--version", NULL};
+    for (int i = 0; i < 5; i++) {
+        uint64_t t0 = uv_hrtime();
+        assert_int_equal(tu_run_quiet(argv, NULL), 0);
+        uint64_t us = (uv_hrtime() - t0) / 1000 + 1;
+        if (us > worst)
+            worst = us;
+    }
+    fprintf(stderr, "timing baseline: %s --version in %llu us at worst; slack %llu ms\n", argv[0],
+            (unsigned long long)worst, (unsigned long long)tu_slack_ms());
+    return worst;
+}
+
+uint64_t tu_slack_ms(void)
+{
+    return (TU_SLACK_BASELINES * tu_baseline_us() + 999) / 1000;
+}
+
 int tu_pg_ctl(const char *action)
 {
     const char *bin = tu_need_env("DSW_TEST_PG_BIN");

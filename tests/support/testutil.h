@@ -28,6 +28,17 @@ int tu_run_until(uv_loop_t *loop, int (*cond)(void *arg), void *arg, uint64_t ti
 /* Close every handle still open, run the loop dry and assert uv_loop_close() == 0. */
 void tu_loop_close(uv_loop_t *loop);
 
+/* Timing bounds relative to this machine as it is during the run, never absolute. The baseline
+ * is the slowest of five runs of `$DSW_BIN --version` (fork, exec, dynamic linking, sanitizer
+ * start-up: what every process a test starts pays; /bin/true when DSW_BIN is unset), measured
+ * on first use in each test program and printed. tu_slack_ms() is what start-up, scheduling and
+ * polling may add to a wait: TU_SLACK_BASELINES baselines. A bound is then "the configured
+ * delay + tu_slack_ms()" for something that waits it out, and "< tu_slack_ms()" (or "< the
+ * configured delay" it must not wait for) for something that must happen at once. */
+#define TU_SLACK_BASELINES 200
+uint64_t tu_baseline_us(void);
+uint64_t tu_slack_ms(void);
+
 /* Run argv (no shell; argv[0] searched in PATH) with stdin on /dev/null, stdout+stderr appended to
  * log (NULL: /dev/null) and only descriptors 0-2 inherited, so a server it starts keeps nothing of
  * ours open; waits and returns the exit status (or 128+signal). */
