@@ -217,8 +217,14 @@ static void delete_message(struct dsw_pipeline *p, const char *reason)
     if (strcmp(reason, "rejected") != 0) /* counted in dsw_messages_rejected_total */
         dsw_metrics_inc(DSW_METRIC_MESSAGES_DELETED, reason, 1);
     plog(DSW_LOG_INFO, p, "delete", "deleting message (%s)", reason);
+    /* Shares a DeleteMessageBatch with the other deletes of the next few ms (alone while
+     * draining: nothing else is coming); a failed entry is this message's alone (on_deleted: a
+     * redelivery finds the outcome). */
     struct dsw_sqs_entry e = {.id = "m", .receipt_handle = p->receipt};
-    if (dsw_sqs_delete_batch(p->env->cl->sqs, p->env->conf->queue.url, &e, 1, on_deleted, p))
+    struct dsw_sqs *sqs = p->env->cl->sqs;
+    const char *url = p->env->conf->queue.url;
+    if (p->env->draining ? dsw_sqs_delete_batch(sqs, url, &e, 1, on_deleted, p)
+                         : dsw_sqs_delete(sqs, url, p->receipt, on_deleted, p))
         schedule(p, finished_step, 0, 0);
     else
         final_call_sent(p);

@@ -58,7 +58,9 @@ struct dsw_sqs {
     struct dsw_list ops; /* struct op, newest first */
     size_t nops;
     uint64_t stats[DSW_SQS_OP_COUNT][DSW_SQS_ERR_COUNT];
-    uv_timer_t guard; /* makes the close callback asynchronous */
+    uv_timer_t guard; /* makes the close callback asynchronous; until then the delete window */
+    struct dsw_list deletes; /* struct pending_delete, oldest first */
+    size_t ndeletes;
     int closing;
     dsw_sqs_close_cb close_cb;
     void *close_arg;
@@ -580,6 +582,7 @@ int dsw_sqs_init(struct dsw_sqs **out, uv_loop_t *loop, struct dsw_http *http, s
     s->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 15000;
     s->max_reply = o->max_reply ? o->max_reply : 12u * 1024 * 1024;
     dsw_list_init(&s->ops);
+    dsw_list_init(&s->deletes);
     uv_timer_init(loop, &s->guard);
     s->guard.data = s;
     *out = s;
@@ -650,6 +653,102 @@ int dsw_sqs_change_visibility_batch(struct dsw_sqs *s, const char *url,
                                     void *arg)
 {
     return batch(s, DSW_SQS_OP_CHANGE_VISIBILITY_BATCH, url, e, n, cb, arg);
+}
+
+/* ---- coalesced deletes ----------------------------------------------------------------- */
+
+struct pending_delete {
+    char *url, *receipt;
+    dsw_sqs_batch_cb cb;
+    void *arg;
+    struct dsw_list link; /* in s->deletes */
+};
+
+/* The callers of one DeleteMessageBatch, in entry order. */
+struct delete_group {
+    size_t n;
+    struct {
+        dsw_sqs_batch_cb cb;
+        void *arg;
+    } who[DSW_SQS_MAX_BATCH];
+};
+
+static void on_group_deleted(int status, const struct dsw_sqs_entry_result *res, size_t n,
+                             void *arg)
+{
+    struct delete_group *g = arg;
+    for (size_t i = 0; i < g->n; i++) {
+        if (status == 0 && i < n)
+            g->who[i].cb(0, &res[i], 1, g->who[i].arg);
+        else
+            g->who[i].cb(status ? status : -EBADMSG, NULL, 0, g->who[i].arg);
+    }
+    free(g);
+}
+
+static void pending_free(struct pending_delete *d)
+{
+    free(d->url);
+    free(d->receipt);
+    free(d);
+}
+
+/* Send everything waiting: one batch per ten deletes of the same queue, oldest first. */
+static void flush_deletes(struct dsw_sqs *s)
+{
+    while (!dsw_list_empty(&s->deletes)) {
+        struct dsw_sqs_entry e[DSW_SQS_MAX_BATCH];
+        struct pending_delete *taken[DSW_SQS_MAX_BATCH];
+        char ids[DSW_SQS_MAX_BATCH][4];
+        struct delete_group *g = dsw_xcalloc(1, sizeof(*g));
+        const char *url = dsw_list_entry(s->deletes.next, struct pending_delete, link)->url;
+        struct dsw_list *i, *next;
+        dsw_list_foreach_safe(i, next, &s->deletes)
+        {
+            struct pending_delete *d = dsw_list_entry(i, struct pending_delete, link);
+            if (g->n == DSW_SQS_MAX_BATCH)
+                break;
+            if (strcmp(d->url, url) != 0)
+                continue;
+            snprintf(ids[g->n], sizeof(ids[0]), "d%zu", g->n);
+            e[g->n] = (struct dsw_sqs_entry){.id = ids[g->n], .receipt_handle = d->receipt};
+            g->who[g->n].cb = d->cb;
+            g->who[g->n].arg = d->arg;
+            taken[g->n++] = d;
+            dsw_list_remove(&d->link);
+            s->ndeletes--;
+        }
+        int rc = batch(s, DSW_SQS_OP_DELETE_BATCH, url, e, g->n, on_group_deleted, g);
+        for (size_t k = 0; k < g->n; k++)
+            pending_free(taken[k]);
+        if (rc < 0) /* from the loop (the window's timer or close), never inside a caller */
+            on_group_deleted(rc, NULL, 0, g);
+    }
+}
+
+static void on_delete_window(uv_timer_t *t)
+{
+    flush_deletes(t->data);
+}
+
+int dsw_sqs_delete(struct dsw_sqs *s, const char *url, const char *receipt, dsw_sqs_batch_cb cb,
+                   void *arg)
+{
+    if (bad_url(url) || !receipt || !*receipt || !cb)
+        return -EINVAL;
+    if (s->closing)
+        return -ESHUTDOWN;
+    struct pending_delete *d = dsw_xcalloc(1, sizeof(*d));
+    d->url = dsw_xstrdup(url);
+    d->receipt = dsw_xstrdup(receipt);
+    d->cb = cb;
+    d->arg = arg;
+    dsw_list_push_back(&s->deletes, &d->link);
+    if (++s->ndeletes >= DSW_SQS_MAX_BATCH)
+        uv_timer_start(&s->guard, on_delete_window, 0, 0);
+    else if (s->ndeletes == 1)
+        uv_timer_start(&s->guard, on_delete_window, DSW_SQS_DELETE_DELAY_MS, 0);
+    return 0;
 }
 
 static json_t *attrs_json(const struct dsw_sqs_attr *a, size_t n)
@@ -774,6 +873,8 @@ void dsw_sqs_close(struct dsw_sqs *s, dsw_sqs_close_cb cb, void *arg)
 {
     if (s->closing)
         return;
+    uv_timer_stop(&s->guard);
+    flush_deletes(s); /* sent, then canceled below with the other calls */
     s->closing = 1;
     s->close_cb = cb;
     s->close_arg = arg;

@@ -150,6 +150,17 @@ int dsw_sqs_delete_batch(struct dsw_sqs *s, const char *queue_url,
                          const struct dsw_sqs_entry *entries, size_t n, dsw_sqs_batch_cb cb,
                          void *arg) DSW_WUR;
 
+/* Deletes coalesced across callers: the delete of one message is held for at most
+ * DSW_SQS_DELETE_DELAY_MS and sent in one DeleteMessageBatch with the other deletes of that
+ * window for the same queue (at once when ten wait). cb gets this message's own entry result
+ * (n = 1: status 0, or that entry's failure, which the caller handles for its message alone)
+ * or, when the call itself failed, the call's status with n = 0. Closing the client sends
+ * what waits and then cancels it like every other call (-ECANCELED). 0, -EINVAL or
+ * -ESHUTDOWN. */
+#define DSW_SQS_DELETE_DELAY_MS 20
+int dsw_sqs_delete(struct dsw_sqs *s, const char *queue_url, const char *receipt_handle,
+                   dsw_sqs_batch_cb cb, void *arg) DSW_WUR;
+
 /* ChangeMessageVisibilityBatch of n (1..10) entries (visibility_s each; 0 releases). */
 int dsw_sqs_change_visibility_batch(struct dsw_sqs *s, const char *queue_url,
                                     const struct dsw_sqs_entry *entries, size_t n,

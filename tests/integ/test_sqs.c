@@ -133,6 +133,49 @@ static void test_delete_batch_bad_handle(void **state)
     st_close(&e);
 }
 
+/* Deletes of several callers share one DeleteMessageBatch; each hears its own entry: a bad
+ * handle fails only its caller's delete (moto reports it per entry). */
+static void test_delete_coalesced(void **state)
+{
+    struct st_env e;
+    char url[512];
+    struct st_call c, d[3];
+    memset(d, 0, sizeof(d));
+    st_open(&e, server_url(state), NULL, NULL);
+    st_create_queue(&e, "coal", 30, url, sizeof(url));
+    assert_int_equal(st_send(&e, url, "one", NULL, 0), 0);
+    assert_int_equal(st_send(&e, url, "two", NULL, 0), 0);
+    st_receive(&e, url, 10, 1, 30, &c);
+    if (c.n < 2) { /* a server may hand out one at a time */
+        struct st_call c2;
+        st_receive(&e, url, 10, 1, 30, &c2);
+        assert_int_equal(c2.n, 1);
+        c.msgs[1] = c2.msgs[0];
+        c.n = 2;
+    }
+    uint64_t before = dsw_sqs_requests(e.sqs, DSW_SQS_OP_DELETE_BATCH, DSW_SQS_OK);
+    assert_int_equal(dsw_sqs_delete(e.sqs, url, c.msgs[0].receipt, st_on_batch, &d[0]), 0);
+    assert_int_equal(dsw_sqs_delete(e.sqs, url, "not-a-real-handle", st_on_batch, &d[1]), 0);
+    assert_int_equal(dsw_sqs_delete(e.sqs, url, c.msgs[1].receipt, st_on_batch, &d[2]), 0);
+    assert_int_equal(dsw_sqs_delete(e.sqs, url, "", st_on_batch, &d[0]), -EINVAL);
+    for (int i = 0; i < 3; i++)
+        st_wait(&e, &d[i], 10000);
+    assert_int_equal(dsw_sqs_requests(e.sqs, DSW_SQS_OP_DELETE_BATCH, DSW_SQS_OK) - before, 1);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(d[i].status, 0);
+        assert_int_equal(d[i].n, 1);
+    }
+    assert_int_equal(d[0].entry_status[0], 0);
+    assert_true(d[1].entry_status[0] < 0);
+    assert_int_equal(d[2].entry_status[0], 0);
+    /* Closing with a delete waiting in the window cancels it through its callback. */
+    struct st_call late = {0};
+    assert_int_equal(dsw_sqs_delete(e.sqs, url, c.msgs[0].receipt, st_on_batch, &late), 0);
+    st_close(&e);
+    assert_true(late.fired);
+    assert_int_equal(late.status, -ECANCELED);
+}
+
 /* Delete works (fauxqs too) and the queue is empty afterwards; counts by attributes. */
 static void test_delete_and_attributes(void **state)
 {
@@ -292,6 +335,7 @@ int main(void)
         BOTH(test_visibility_expiry),
         BOTH(test_change_visibility),
         cmocka_unit_test_prestate(test_delete_batch_bad_handle, "DSW_TEST_MOTO_URL"),
+        cmocka_unit_test_prestate(test_delete_coalesced, "DSW_TEST_MOTO_URL"),
         BOTH(test_delete_and_attributes),
         BOTH(test_message_attributes),
         BOTH(test_errors),
