@@ -179,7 +179,7 @@ static const struct key keys[] = {
      .name = "env_passthrough",
      .type = T_STR,
      .off = OFF(runs.env_passthrough),
-     .def = "PATH HOME LANG LC_* TZ DAGSTER_* PYTHON*",
+     .def = DSW_CONF_ENV_PASSTHROUGH_DEFAULT,
      .help = "Variables the child inherits (names, or prefixes ending in *)."},
     {.section = "runs",
      .name = "drain_timeout",
@@ -884,8 +884,38 @@ static int apply_env(struct parser *p, char *const envp[])
 
 /* ---- cross-key rules ------------------------------------------------------------------- */
 
+/* Words of s split on blanks (and commas for lists). */
+static size_t count_words(const char *s, const char *seps)
+{
+    size_t n = 0;
+    for (const char *p = s ? s : ""; *p;) {
+        p += strspn(p, seps);
+        if (*p)
+            n++;
+        p += strcspn(p, seps);
+    }
+    return n;
+}
+
+static int validate_caps(const struct dsw_conf *c, const char *where, char *err)
+{
+    if (count_words(c->runs.env_passthrough, " \t,") > DSW_CONF_PASSTHROUGH_MAX) {
+        fmt_err(err, where, find_key("runs", "env_passthrough"), "has more than %d names",
+                DSW_CONF_PASSTHROUGH_MAX);
+        return -EINVAL;
+    }
+    if (count_words(c->runs.command, " \t") > DSW_CONF_COMMAND_WORDS_MAX) {
+        fmt_err(err, where, find_key("runs", "command"), "has more than %d words",
+                DSW_CONF_COMMAND_WORDS_MAX);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int validate(struct dsw_conf *c, const char *where, char *err)
 {
+    if (validate_caps(c, where, err))
+        return -EINVAL;
     if (c->queue.heartbeat_ms >= c->queue.visibility_timeout_ms) {
         fmt_err(err, where, find_key("queue", "heartbeat"),
                 "must be shorter than queue.visibility_timeout");

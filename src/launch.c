@@ -13,8 +13,9 @@
 
 extern char **environ;
 
-#define MAX_COMMAND_WORDS 32
-#define MAX_ALLOW_NAMES   64
+/* dsw_conf_load refuses more; the run's own entry point is capped here. */
+#define MAX_COMMAND_WORDS DSW_CONF_COMMAND_WORDS_MAX
+#define MAX_ALLOW_NAMES   DSW_CONF_PASSTHROUGH_MAX
 
 static void free_strv(char **v)
 {

@@ -87,10 +87,6 @@ static void live_remove(struct dsw_proc *p)
     p->live_prev = p->live_next = NULL;
 }
 
-const char *const dsw_proc_env_default_allow[] = {
-    "PATH", "HOME", "LANG", "LC_*", "TZ", "DAGSTER_*", "PYTHON*", NULL,
-};
-
 static void on_handle_closed(uv_handle_t *h)
 {
     struct dsw_proc *p = h->data;
@@ -613,8 +609,9 @@ int dsw_proc_env_build(const char *const *base, const char *const *allow, const 
             return -EINVAL;
     while (base && base[nb])
         nb++;
+    static const char *const none[] = {NULL};
     if (!allow)
-        allow = dsw_proc_env_default_allow;
+        allow = none;
     char **env = dsw_xcalloc(nb + ns + 1, sizeof(*env));
     for (size_t i = 0; i < nb; i++) {
         size_t n = name_len(base[i]);

@@ -17,6 +17,11 @@
 #define DSW_CONF_PGPASS_DEFAULT_PATH "/etc/dagster-sqs-worker/pgpass"
 #define DSW_CONF_FILE_MAX            (1024 * 1024)
 #define DSW_CONF_ERR_MAX             512
+/* runs.env_passthrough's default: the one definition of what a run worker inherits. */
+#define DSW_CONF_ENV_PASSTHROUGH_DEFAULT "PATH HOME LANG LC_* TZ DAGSTER_* PYTHON*"
+/* Caps, checked at load (a configuration error beyond them, never a silent cut): */
+#define DSW_CONF_PASSTHROUGH_MAX   64 /* names or prefixes in runs.env_passthrough */
+#define DSW_CONF_COMMAND_WORDS_MAX 32 /* words in runs.command */
 
 enum dsw_instance_ref_mode { DSW_INSTANCE_REF_STRIP, DSW_INSTANCE_REF_FORWARD };
 

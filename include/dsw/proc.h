@@ -170,15 +170,13 @@ void dsw_proc_terminate(struct dsw_proc *p, enum dsw_proc_reason reason);
  * NULL) fires from the loop afterwards. Call exactly once; safe from any proc callback. */
 void dsw_proc_close(struct dsw_proc *p, dsw_proc_close_cb cb, void *arg);
 
-/* The default runs.env_passthrough list: PATH HOME LANG LC_* TZ DAGSTER_* PYTHON*, NULL-ended. */
-extern const char *const dsw_proc_env_default_allow[];
-
 /* Build a child environment: the entries of base ("NAME=value", NULL-terminated, e.g. environ;
  * may be NULL) whose NAME matches a pattern of allow (exact names, or a prefix ending in '*';
- * NULL means dsw_proc_env_default_allow), then the assignments of set (NULL-terminated, may be
- * NULL), which replace entries with the same name (the last one wins). Base entries without '='
- * are skipped. *out is a new NULL-terminated array (free with dsw_proc_env_free). Errors:
- * -EINVAL when an assignment has no '=' or an empty name (*out is then NULL). */
+ * NULL: none; the default list is conf's DSW_CONF_ENV_PASSTHROUGH_DEFAULT), then the assignments of
+ * set (NULL-terminated, may be NULL), which replace entries with the same name (the last one wins).
+ * Base entries without '=' are skipped. *out is a new NULL-terminated array (free with
+ * dsw_proc_env_free). Errors: -EINVAL when an assignment has no '=' or an empty name (*out is then
+ * NULL). */
 int dsw_proc_env_build(const char *const *base, const char *const *allow, const char *const *set,
                        char ***out) DSW_WUR;
 void dsw_proc_env_free(char **env);

@@ -66,7 +66,9 @@ static void test_defaults(void **state)
     assert_int_equal(c.claims.sweep_ms, 30000);
     assert_true(c.runs.max_concurrent >= 1); /* number of CPUs */
     assert_int_equal(c.runs.instance_ref, DSW_INSTANCE_REF_STRIP);
-    assert_string_equal(c.runs.env_passthrough, "PATH HOME LANG LC_* TZ DAGSTER_* PYTHON*");
+    assert_string_equal(c.runs.env_passthrough, DSW_CONF_ENV_PASSTHROUGH_DEFAULT);
+    assert_string_equal(DSW_CONF_ENV_PASSTHROUGH_DEFAULT,
+                        "PATH HOME LANG LC_* TZ DAGSTER_* PYTHON*");
     assert_int_equal(c.runs.drain_timeout_ms, 300000);
     assert_int_equal(c.runs.kill_grace_ms, 30000);
     assert_int_equal(c.runs.timeout_ms, 0);
@@ -453,6 +455,42 @@ static void test_shipped_conf(void **state)
     free(text);
 }
 
+/* runs.env_passthrough and runs.command have caps: at the cap the configuration loads (every
+ * name kept), one past it is an error naming the key and the cap, never a silent cut. */
+static void load_words(const char *var, const char *word, const char *sep, int n, char *err,
+                       int *rc)
+{
+    char value[4096] = "";
+    size_t len = 0;
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(value + len, sizeof(value) - len, "%s%s%d", i ? sep : "", word, i);
+    char assign[4200];
+    snprintf(assign, sizeof(assign), "%s=%s", var, value);
+    char *envp[] = {assign, NULL};
+    struct dsw_conf c;
+    *rc = dsw_conf_load(&c, NULL, envp, err);
+    if (*rc == 0)
+        dsw_conf_free(&c);
+}
+
+static void test_list_caps_are_errors(void **state)
+{
+    char err[DSW_CONF_ERR_MAX];
+    int rc;
+    load_words("DSW_RUNS_ENV_PASSTHROUGH", "NAME_", ", ", DSW_CONF_PASSTHROUGH_MAX, err, &rc);
+    assert_int_equal(rc, 0);
+    load_words("DSW_RUNS_ENV_PASSTHROUGH", "NAME_", " ", DSW_CONF_PASSTHROUGH_MAX + 1, err, &rc);
+    assert_int_equal(rc, -EINVAL);
+    assert_non_null(strstr(err, "runs.env_passthrough"));
+    assert_non_null(strstr(err, "more than 64 names"));
+    load_words("DSW_RUNS_COMMAND", "w", " ", DSW_CONF_COMMAND_WORDS_MAX, err, &rc);
+    assert_int_equal(rc, 0);
+    load_words("DSW_RUNS_COMMAND", "w", "\t", DSW_CONF_COMMAND_WORDS_MAX + 1, err, &rc);
+    assert_int_equal(rc, -EINVAL);
+    assert_non_null(strstr(err, "runs.command"));
+    assert_non_null(strstr(err, "more than 32 words"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -469,6 +507,7 @@ int main(void)
         cmocka_unit_test(test_every_key_env_no_warning),
         cmocka_unit_test(test_warm_runner_key),
         cmocka_unit_test(test_pgpass_path),
+        cmocka_unit_test(test_list_caps_are_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
