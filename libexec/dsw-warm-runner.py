@@ -92,10 +92,13 @@ def exit_code(e):
 
 
 def main(argv):
-    # Our own directory is not the run's business: a cold child has the dagster script's.
+    # sys.path[0] as a cold `python -m dagster` child has it: the working directory, not our own
+    # directory. Deleting it is not the same: Dagster's load_python_module drops sys.path[0] (the
+    # "script path") while importing the code location, which would then be the first
+    # PYTHONPATH entry, and the run's module would not be found.
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and sys.path[0] and os.path.abspath(sys.path[0]) == here:
-        del sys.path[0]
+        sys.path[0] = os.getcwd()
     try:
         imports, entry = parse_args(argv)
         for name in imports:
