@@ -61,10 +61,8 @@ struct dsw_aws {
     struct waiter *waiters;
     uv_timer_t kick;    /* defers callbacks and resolution to a fresh loop turn */
     uv_timer_t refresh; /* refresh before expiry, or retry after a failed refresh */
-    int closing;
+    struct dsw_closer close;
     int nclosing;
-    dsw_aws_close_cb close_cb;
-    void *close_arg;
 };
 
 static void try_provider(struct dsw_aws *a);
@@ -584,7 +582,7 @@ static void on_provider_reply(int err, const struct dsw_http_resp *r, void *arg)
 {
     struct dsw_aws *a = arg;
     a->xfer = NULL;
-    if (a->closing)
+    if (a->close.started)
         return;
     int rc = err;
     if (err < 0) {
@@ -616,25 +614,14 @@ static void on_provider_reply(int err, const struct dsw_http_resp *r, void *arg)
 
 static void try_provider(struct dsw_aws *a)
 {
+    static int (*const provider[P_COUNT])(struct dsw_aws *) = {
+        [P_ENV] = prov_env,       [P_WEB] = prov_web,
+        [P_SHARED] = prov_shared, [P_CONTAINER] = prov_container,
+        [P_IMDS] = prov_imds,
+    };
     for (; a->prov < P_COUNT; a->prov++) {
-        int rc;
         a->step = 0;
-        switch (a->prov) {
-        case P_ENV:
-            rc = prov_env(a);
-            break;
-        case P_WEB:
-            rc = prov_web(a);
-            break;
-        case P_SHARED:
-            rc = prov_shared(a);
-            break;
-        case P_CONTAINER:
-            rc = prov_container(a);
-            break;
-        default:
-            rc = prov_imds(a);
-        }
+        int rc = provider[a->prov](a);
         if (rc == 1)
             return; /* on_provider_reply continues */
         if (rc != -ENOENT || a->only_one) {
@@ -839,7 +826,7 @@ static void add_waiter(struct dsw_aws *a, dsw_aws_cb cb, void *arg)
 
 void dsw_aws_wait(struct dsw_aws *a, dsw_aws_cb cb, void *arg)
 {
-    if (a->closing) {
+    if (a->close.started) {
         add_waiter(a, cb, arg); /* flushed with -ECANCELED by the close path */
         return;
     }
@@ -865,7 +852,7 @@ void dsw_aws_wait_cancel(struct dsw_aws *a, dsw_aws_cb cb, void *arg)
 void dsw_aws_refresh(struct dsw_aws *a, dsw_aws_cb cb, void *arg)
 {
     add_waiter(a, cb, arg);
-    if (a->closing)
+    if (a->close.started)
         return;
     a->want_resolve = 1;
     uv_timer_start(&a->kick, on_kick, 0, 0);
@@ -881,8 +868,6 @@ static void on_closed(uv_handle_t *h)
     struct dsw_aws *a = h->data;
     if (--a->nclosing)
         return;
-    dsw_aws_close_cb cb = a->close_cb;
-    void *arg = a->close_arg;
     flush_waiters(a, -ECANCELED); /* waits registered after dsw_aws_close */
     if (a->env) {
         for (char **e = a->env; *e; e++)
@@ -891,18 +876,13 @@ static void on_closed(uv_handle_t *h)
     }
     explicit_bzero(&a->cur, sizeof(a->cur));
     explicit_bzero(a->hdr, sizeof(a->hdr));
-    free(a);
-    if (cb)
-        cb(arg);
+    dsw_closer_done(&a->close, a);
 }
 
 void dsw_aws_close(struct dsw_aws *a, dsw_aws_close_cb cb, void *arg)
 {
-    if (a->closing)
+    if (dsw_closer_start(&a->close, cb, arg))
         return;
-    a->closing = 1;
-    a->close_cb = cb;
-    a->close_arg = arg;
     if (a->xfer)
         dsw_http_cancel(a->http, a->xfer);
     flush_waiters(a, -ECANCELED);

@@ -40,12 +40,10 @@ struct dsw_http {
     struct dsw_list xfers; /* struct dsw_http_xfer */
     size_t pending;
     unsigned long connects;
-    int busy;     /* > 0 while user callbacks run: teardown waits */
-    int closing;  /* dsw_http_close was called */
-    int torn;     /* teardown started */
-    int nclosing; /* uv handles whose close callback has not run yet */
-    dsw_http_close_cb close_cb;
-    void *close_arg;
+    int busy;                /* > 0 while user callbacks run: teardown waits */
+    struct dsw_closer close; /* dsw_http_close was called */
+    int torn;                /* teardown started */
+    int nclosing;            /* uv handles whose close callback has not run yet */
 };
 
 static void maybe_teardown(struct dsw_http *h);
@@ -54,11 +52,7 @@ static void maybe_teardown(struct dsw_http *h);
 
 static void finalize(struct dsw_http *h)
 {
-    dsw_http_close_cb cb = h->close_cb;
-    void *arg = h->close_arg;
-    free(h);
-    if (cb)
-        cb(arg);
+    dsw_closer_done(&h->close, h);
 }
 
 static void on_handle_closed(uv_handle_t *hd)
@@ -322,7 +316,7 @@ static int setup_easy(struct dsw_http_xfer *x, const struct dsw_http_req *r)
 int dsw_http_request(struct dsw_http *h, const struct dsw_http_req *r, dsw_http_cb cb, void *arg,
                      struct dsw_http_xfer **xfer)
 {
-    if (h->closing)
+    if (h->close.started)
         return -ESHUTDOWN;
     if (!r->url || (strncmp(r->url, "http://", 7) != 0 && strncmp(r->url, "https://", 8) != 0))
         return -EINVAL;
@@ -374,7 +368,7 @@ unsigned long dsw_http_connects(const struct dsw_http *h)
 
 static void maybe_teardown(struct dsw_http *h)
 {
-    if (!h->closing || h->busy || h->torn)
+    if (!h->close.started || h->busy || h->torn)
         return;
     h->torn = 1;
     /* Stop polling before curl closes its sockets; on_socket is not reached afterwards
@@ -394,11 +388,8 @@ static void maybe_teardown(struct dsw_http *h)
 
 void dsw_http_close(struct dsw_http *h, dsw_http_close_cb cb, void *arg)
 {
-    if (h->closing)
+    if (dsw_closer_start(&h->close, cb, arg))
         return;
-    h->closing = 1;
-    h->close_cb = cb;
-    h->close_arg = arg;
     while (!dsw_list_empty(&h->xfers))
         finish(dsw_list_entry(h->xfers.next, struct dsw_http_xfer, link), -ECANCELED);
     maybe_teardown(h);

@@ -47,9 +47,8 @@ struct dsw_httpd {
     size_t nconns;         /* open, counted against max_conns */
     size_t nobjs;          /* struct conn not yet freed (closing ones included) */
     unsigned long refused;
-    int closing, listener_closed;
-    dsw_httpd_close_cb close_cb;
-    void *close_arg;
+    struct dsw_closer close;
+    int listener_closed;
 };
 
 /* ---- addresses ------------------------------------------------------------------------ */
@@ -120,13 +119,9 @@ int dsw_httpd_parse_listen(const char *listen, struct sockaddr_storage *out)
 
 static void maybe_finish(struct dsw_httpd *h)
 {
-    if (!h->closing || !h->listener_closed || h->nobjs > 0)
+    if (!h->close.started || !h->listener_closed || h->nobjs > 0)
         return;
-    dsw_httpd_close_cb cb = h->close_cb;
-    void *arg = h->close_arg;
-    free(h);
-    if (cb)
-        cb(arg);
+    dsw_closer_done(&h->close, h);
 }
 
 static void on_conn_closed(uv_handle_t *hd)
@@ -350,7 +345,7 @@ static void on_connection(uv_stream_t *server, int status)
         dsw_warn("httpd: accept: %s", uv_strerror(status));
         return;
     }
-    if (h->closing)
+    if (h->close.started)
         return;
     if (h->nconns >= h->o.max_conns) {
         refuse(h);
@@ -416,7 +411,7 @@ int dsw_httpd_init(struct dsw_httpd **out, uv_loop_t *loop, const struct dsw_htt
         rc = uv_tcp_getsockname(&h->listener, (struct sockaddr *)&bound, &len);
     if (rc < 0) {
         dsw_error("httpd: cannot listen on %s: %s", opts->listen, uv_strerror(rc));
-        h->closing = 1;
+        h->close.started = 1; /* freed by its close callback, nobody called back */
         uv_close((uv_handle_t *)&h->listener, on_listener_closed);
         return rc;
     }
@@ -444,9 +439,8 @@ unsigned long dsw_httpd_refused(const struct dsw_httpd *h)
 
 void dsw_httpd_close(struct dsw_httpd *h, dsw_httpd_close_cb cb, void *arg)
 {
-    h->closing = 1;
-    h->close_cb = cb;
-    h->close_arg = arg;
+    if (dsw_closer_start(&h->close, cb, arg))
+        return;
     while (!dsw_list_empty(&h->conns))
         conn_close(dsw_list_entry(h->conns.next, struct conn, link));
     uv_close((uv_handle_t *)&h->listener, on_listener_closed);

@@ -136,8 +136,7 @@ struct dsw_watchdog {
     uint64_t pinged_at_ms;
     struct dsw_watchdog_stats st;
     int nclosing;
-    dsw_watchdog_close_cb close_cb;
-    void *close_arg;
+    struct dsw_closer close;
 };
 
 static void on_check(uv_check_t *c)
@@ -209,17 +208,13 @@ static void on_closed(uv_handle_t *h)
     struct dsw_watchdog *w = h->data;
     if (--w->nclosing > 0)
         return;
-    dsw_watchdog_close_cb cb = w->close_cb;
-    void *arg = w->close_arg;
-    free(w);
-    if (cb)
-        cb(arg);
+    dsw_closer_done(&w->close, w);
 }
 
 void dsw_watchdog_close(struct dsw_watchdog *w, dsw_watchdog_close_cb cb, void *arg)
 {
-    w->close_cb = cb;
-    w->close_arg = arg;
+    if (dsw_closer_start(&w->close, cb, arg))
+        return;
     w->nclosing = 2;
     uv_close((uv_handle_t *)&w->timer, on_closed);
     uv_close((uv_handle_t *)&w->check, on_closed);

@@ -1,6 +1,7 @@
 /* util: aborting allocators, clocks and tiny string helpers shared by every module. */
 #include "dsw/util.h"
 
+#include <errno.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -114,4 +115,20 @@ void dsw_short_hash(const void *data, size_t len, char out[13])
         out[2 * i + 1] = hex[md[i] & 15];
     }
     out[12] = '\0';
+}
+
+int dsw_closer_start(struct dsw_closer *c, void (*cb)(void *arg), void *arg)
+{
+    if (c->started)
+        return -EALREADY;
+    *c = (struct dsw_closer){.started = 1, .cb = cb, .arg = arg};
+    return 0;
+}
+
+void dsw_closer_done(struct dsw_closer *c, void *obj)
+{
+    struct dsw_closer done = *c;
+    free(obj);
+    if (done.cb)
+        done.cb(done.arg);
 }

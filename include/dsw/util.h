@@ -32,6 +32,18 @@ size_t dsw_strlcpy(char *dst, const char *src, size_t n);
 /* Constant-time-free string equality that treats NULL as "". */
 int dsw_streq(const char *a, const char *b);
 
+/* The close idiom of an object with an asynchronous x_close(x, cb, arg): whether it started,
+ * and what to call once the object is gone. Embed one, zeroed. */
+struct dsw_closer {
+    int started;
+    void (*cb)(void *arg);
+    void *arg;
+};
+/* The start of x_close(): 0 the first time (cb and arg kept), -EALREADY on a later call. */
+int dsw_closer_start(struct dsw_closer *c, void (*cb)(void *arg), void *arg) DSW_WUR;
+/* The end: free(obj) (the object holding c), then call its callback, if any. */
+void dsw_closer_done(struct dsw_closer *c, void *obj);
+
 /* First 12 hex digits of SHA-256(data): a short fingerprint that is safe to log in place of a
  * message body. out must hold 13 bytes. */
 void dsw_short_hash(const void *data, size_t len, char out[13]);
