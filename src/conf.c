@@ -582,6 +582,23 @@ static int parse_env_assignment(struct parser *p, const char *name, const char *
     return 0;
 }
 
+/* "[section]": s starts with '['. */
+static int parse_section(struct parser *p, char *s, const char *where)
+{
+    char *e = strchr(s, ']');
+    if (!e || *trim(e + 1) || e - s - 1 <= 0 || (size_t)(e - s - 1) >= sizeof(p->section)) {
+        fmt_err(p->err, where, NULL, "malformed section header");
+        return -EINVAL;
+    }
+    *e = '\0';
+    dsw_strlcpy(p->section, trim(s + 1), sizeof(p->section));
+    for (size_t i = 0; i < DSW_ARRAY_LEN(keys); i++)
+        if (strcmp(keys[i].section, p->section) == 0)
+            return 0;
+    fmt_err(p->err, where, NULL, "unknown section [%s]", p->section);
+    return -EINVAL;
+}
+
 static int parse_line(struct parser *p, char *line)
 {
     char where[300];
@@ -589,20 +606,8 @@ static int parse_line(struct parser *p, char *line)
     char *s = trim(line);
     if (!*s || *s == '#' || *s == ';')
         return 0;
-    if (*s == '[') {
-        char *e = strchr(s, ']');
-        if (!e || *trim(e + 1) || e - s - 1 <= 0 || (size_t)(e - s - 1) >= sizeof(p->section)) {
-            fmt_err(p->err, where, NULL, "malformed section header");
-            return -EINVAL;
-        }
-        *e = '\0';
-        dsw_strlcpy(p->section, trim(s + 1), sizeof(p->section));
-        for (size_t i = 0; i < DSW_ARRAY_LEN(keys); i++)
-            if (strcmp(keys[i].section, p->section) == 0)
-                return 0;
-        fmt_err(p->err, where, NULL, "unknown section [%s]", p->section);
-        return -EINVAL;
-    }
+    if (*s == '[')
+        return parse_section(p, s, where);
     char *eq = strchr(s, '=');
     if (!eq) {
         fmt_err(p->err, where, NULL, "expected 'key = value'");

@@ -141,7 +141,21 @@ static int usage_error(const char *what, const char *arg, const char *command)
     return EXIT_USAGE;
 }
 
-static int parse_cli(int argc, char **argv, struct cli *cli)
+/* getopt's ':' (a missing argument) or '?' (an unknown option), in our words. */
+static int option_error(int c, char **argv)
+{
+    const char *arg = argv[optind - 1];
+    if (c == ':' && strncmp(arg, "--", 2) != 0)
+        fprintf(stderr, PROG ": option '-%c' needs an argument (try '" PROG " --help')\n", optopt);
+    else if (c == ':')
+        fprintf(stderr, PROG ": option '%s' needs an argument (try '" PROG " --help')\n", arg);
+    if (c == ':')
+        return EXIT_USAGE;
+    char opt[3] = {'-', (char)optopt, '\0'};
+    return usage_error("unknown option", optopt ? opt : arg, NULL);
+}
+
+static int parse_options(int argc, char **argv, struct cli *cli)
 {
     enum { OPT_LEVEL = 256, OPT_FORMAT, OPT_CONNECT };
     static const struct option opts[] = {
@@ -156,41 +170,28 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
     int c;
     opterr = 0; /* our own messages: the program's name, not argv[0]'s path */
     while ((c = getopt_long(argc, argv, ":c:Vh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c':
+        if (c == 'c')
             cli->config = optarg;
-            break;
-        case OPT_LEVEL:
+        else if (c == OPT_LEVEL)
             cli->log_level = optarg;
-            break;
-        case OPT_FORMAT:
+        else if (c == OPT_FORMAT)
             cli->log_format = optarg;
-            break;
-        case OPT_CONNECT:
+        else if (c == OPT_CONNECT)
             cli->connect = 1;
-            break;
-        case 'V':
+        else if (c == 'h')
+            cli->help = 1; /* after the loop: the command's own help when one is named */
+        else if (c == 'V') {
             printf("dagster-sqs-worker %s\n", DSW_VERSION);
             exit(EXIT_OK);
-        case 'h':
-            cli->help = 1; /* after the loop: the command's own help when one is named */
-            break;
-        case ':':
-            if (strncmp(argv[optind - 1], "--", 2) != 0)
-                fprintf(stderr, PROG ": option '-%c' needs an argument (try '" PROG " --help')\n",
-                        optopt);
-            else
-                fprintf(stderr, PROG ": option '%s' needs an argument (try '" PROG " --help')\n",
-                        argv[optind - 1]);
-            return EXIT_USAGE;
-        default:
-            if (optopt) {
-                char opt[3] = {'-', (char)optopt, '\0'};
-                return usage_error("unknown option", opt, NULL);
-            }
-            return usage_error("unknown option", argv[optind - 1], NULL);
-        }
+        } else
+            return option_error(c, argv);
     }
+    return 0;
+}
+
+/* What getopt left (it permuted the options first): the command and its arguments. */
+static int parse_command(int argc, char **argv, struct cli *cli)
+{
     cli->command = optind < argc ? argv[optind++] : NULL;
     if (cli->help) {
         const struct command *cmd = cli->command ? find_command(cli->command) : NULL;
@@ -201,7 +202,6 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
     }
     if (!cli->command)
         cli->command = "run";
-    /* getopt permuted the options first: what is left is the command and its arguments. */
     cli->argv = dsw_xcalloc((size_t)(argc - optind) + 1, sizeof(char *));
     for (; optind < argc; optind++)
         cli->argv[cli->argc++] = argv[optind];
@@ -215,6 +215,12 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
     if (cli->argc < cmd->nargs)
         return usage_error("one argument is needed by", cli->command, cli->command);
     return 0;
+}
+
+static int parse_cli(int argc, char **argv, struct cli *cli)
+{
+    int rc = parse_options(argc, argv, cli);
+    return rc ? rc : parse_command(argc, argv, cli);
 }
 
 /* exec FILE: open the input before anything else (a bad path fails at once, not after the

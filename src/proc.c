@@ -508,6 +508,25 @@ static char **spawn_args(const struct dsw_proc_opts *o, char *ppid)
     return args;
 }
 
+/* The child runs: supervise it (live list, timeout) and read its output. */
+static void spawned(struct dsw_proc *p, const struct dsw_proc_opts *o)
+{
+    p->st.pid = uv_process_get_pid(&p->proc);
+    p->supervised = !o->direct;
+    live_add(p);
+    p->in_open = o->stdin_pipe;
+    if (o->timeout_ms)
+        uv_timer_start(&p->kill_timer, on_kill_timer, o->timeout_ms, 0);
+    struct stream *ss[2] = {&p->out, &p->err};
+    for (int i = 0; i < 2; i++) {
+        int rc = uv_read_start((uv_stream_t *)&ss[i]->pipe, on_alloc, on_read);
+        if (rc != 0) {
+            dsw_warn("proc: child %d: read start: %s", p->st.pid, uv_strerror(rc));
+            ss[i]->done = 1;
+        }
+    }
+}
+
 int dsw_proc_spawn(uv_loop_t *loop, const struct dsw_proc_opts *o, struct dsw_proc **out)
 {
     static char *empty_env[] = {NULL};
@@ -548,20 +567,7 @@ int dsw_proc_spawn(uv_loop_t *loop, const struct dsw_proc_opts *o, struct dsw_pr
         close_handles(p);
         return rc;
     }
-    p->st.pid = uv_process_get_pid(&p->proc);
-    p->supervised = !o->direct;
-    live_add(p);
-    p->in_open = o->stdin_pipe;
-    if (o->timeout_ms)
-        uv_timer_start(&p->kill_timer, on_kill_timer, o->timeout_ms, 0);
-    struct stream *ss[2] = {&p->out, &p->err};
-    for (int i = 0; i < 2; i++) {
-        rc = uv_read_start((uv_stream_t *)&ss[i]->pipe, on_alloc, on_read);
-        if (rc != 0) {
-            dsw_warn("proc: child %d: read start: %s", p->st.pid, uv_strerror(rc));
-            ss[i]->done = 1;
-        }
-    }
+    spawned(p, o);
     *out = p;
     return 0;
 }
