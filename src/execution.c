@@ -42,6 +42,8 @@ struct dsw_execution {
     bool drained;
     bool lease_lost;
     bool proc_closing; /* dsw_proc_close was called: exactly once per child */
+    bool proc_closed;  /* and it finished */
+    bool launch_busy;  /* a launch record is in flight */
     bool heartbeat_busy;
 };
 
@@ -165,10 +167,8 @@ static void on_child_drop(struct dsw_proc *proc, uint64_t n, void *arg)
          (unsigned long long)n);
 }
 
-static void on_proc_closed(void *arg)
+static void after_child(struct dsw_execution *e)
 {
-    struct dsw_execution *e = arg;
-    uv_timer_stop(&e->retry); /* a launch record retry has nothing left to record */
     if (e->lease_lost) {
         elog(DSW_LOG_WARN, e, "fenced", "lease lost: run worker killed, nothing recorded");
         finish(e, -ESTALE, NULL);
@@ -176,6 +176,18 @@ static void on_proc_closed(void *arg)
     }
     e->retry_ms = 0;
     record_exit(e);
+}
+
+static void on_proc_closed(void *arg)
+{
+    struct dsw_execution *e = arg;
+    uv_timer_stop(&e->retry); /* a launch record retry has nothing left to record */
+    e->proc_closed = true;
+    /* A launch record still in flight (its transaction may be queued behind anything, even
+     * this exit's record) answers first: on_launched goes on from here, so the exit record
+     * follows the launch and the execution outlives every call it made. */
+    if (!e->launch_busy)
+        after_child(e);
 }
 
 static void close_child(struct dsw_execution *e, struct dsw_proc *proc)
@@ -222,6 +234,11 @@ static void record_launch(struct dsw_execution *e);
 static void on_launched(int status, void *arg)
 {
     struct dsw_execution *e = arg;
+    e->launch_busy = false;
+    if (e->proc_closed) {
+        after_child(e); /* the exit path waited for this answer */
+        return;
+    }
     if (!e->proc)
         return; /* the child already ended; its exit path continues */
     if (status == -ESTALE || status == -ENOENT) {
@@ -257,6 +274,8 @@ static void record_launch(struct dsw_execution *e)
     e->seen_status = e->seen_body = NULL; /* retries read the run afresh */
     if (dsw_store_record_launch(e->store, &l, on_launched, e))
         backoff(e, record_launch);
+    else
+        e->launch_busy = true;
 }
 
 int dsw_execution_start(const struct dsw_execution_opts *o, struct dsw_execution **out)
@@ -323,6 +342,21 @@ static void on_heartbeat(int status, void *arg)
     } else if (status && status != -ESTALE) {
         dsw_metrics_inc(DSW_METRIC_DB_ERRORS, NULL, 1);
     }
+}
+
+bool dsw_execution_lease(struct dsw_execution *e, int64_t *token)
+{
+    if (!e->proc || e->heartbeat_busy)
+        return false;
+    e->heartbeat_busy = true;
+    *token = e->token;
+    return true;
+}
+
+void dsw_execution_lease_result(struct dsw_execution *e, int64_t token, int status)
+{
+    if (token == e->token && e->heartbeat_busy)
+        on_heartbeat(status, e);
 }
 
 void dsw_execution_heartbeat(struct dsw_execution *e)

@@ -12,6 +12,8 @@
 /* A NOTIFY naming a watched run polls within this long: the notifications of that window
  * share one statement. */
 #define NOTIFY_COALESCE_MS 25
+/* Leases refreshed by one statement. */
+#define LEASE_BATCH 500
 
 enum { B_VISIBILITY, B_LEASE, B_POLL, B_COUNT };
 
@@ -20,6 +22,7 @@ struct dsw_heartbeat {
     uv_timer_t timers[B_COUNT];
     int open;               /* timers not closed yet */
     int visibility_batches; /* ChangeMessageVisibilityBatch calls in flight */
+    int lease_batches;      /* lease refreshes in flight */
     bool polling;           /* a status poll is in flight */
     bool closing;
 };
@@ -30,7 +33,8 @@ struct dsw_heartbeat {
 
 static void maybe_free(struct dsw_heartbeat *hb)
 {
-    if (hb->closing && hb->open == 0 && hb->visibility_batches == 0 && !hb->polling)
+    if (hb->closing && hb->open == 0 && hb->visibility_batches == 0 && hb->lease_batches == 0 &&
+        !hb->polling)
         free(hb);
 }
 
@@ -89,10 +93,74 @@ static void on_visibility_timer(uv_timer_t *t)
 
 /* ---- leases and status --------------------------------------------------------------------- */
 
+/* The leases of one batch, as sent: answers go to the pipelines still holding them. */
+struct lease_batch {
+    struct dsw_heartbeat *hb;
+    size_t n;
+    struct dsw_store_lease l[LEASE_BATCH];
+    char ids[LEASE_BATCH][80];
+};
+
+static void on_leased(int status, const int *kept, size_t n, void *arg)
+{
+    struct lease_batch *b = arg;
+    struct dsw_heartbeat *hb = b->hb;
+    hb->lease_batches--;
+    if (status && !hb->closing)
+        dsw_warn("lease refresh failed (%s)", strerror(-status));
+    for (size_t i = 0; !hb->closing && i < b->n; i++) { /* closing: the slots may be gone */
+        foreach_pipeline(p, hb->env)
+        {
+            const char *id = dsw_pipeline_run_id(p);
+            if (id && strcmp(id, b->ids[i]) == 0)
+                dsw_pipeline_lease_result(p, b->l[i].token, status ? status : kept[i]);
+        }
+    }
+    free(b);
+    maybe_free(hb);
+}
+
+static void send_leases(struct dsw_heartbeat *hb, struct lease_batch *b)
+{
+    int rc = b->n ? dsw_store_heartbeat_batch(hb->env->cl->store, b->l, b->n, on_leased, b) : 0;
+    if (b->n && rc == 0) {
+        hb->lease_batches++;
+        return;
+    }
+    for (size_t i = 0; i < b->n; i++) /* refused (closing): nothing in flight */
+        foreach_pipeline(p, hb->env)
+        {
+            const char *id = dsw_pipeline_run_id(p);
+            if (id && strcmp(id, b->ids[i]) == 0)
+                dsw_pipeline_lease_result(p, b->l[i].token, rc);
+        }
+    free(b);
+}
+
+/* Every running child's lease, LEASE_BATCH to a statement. */
 static void on_lease_timer(uv_timer_t *t)
 {
     struct dsw_heartbeat *hb = t->data;
-    foreach_pipeline(p, hb->env) dsw_pipeline_heartbeat(p);
+    struct lease_batch *b = NULL;
+    foreach_pipeline(p, hb->env)
+    {
+        int64_t token;
+        const char *id = dsw_pipeline_run_id(p);
+        if (!id || strlen(id) >= sizeof(b->ids[0]) || !dsw_pipeline_lease(p, &token))
+            continue;
+        if (!b) {
+            b = dsw_xcalloc(1, sizeof(*b));
+            b->hb = hb;
+        }
+        dsw_strlcpy(b->ids[b->n], id, sizeof(b->ids[0]));
+        b->l[b->n] = (struct dsw_store_lease){.run_id = b->ids[b->n], .token = token};
+        if (++b->n == LEASE_BATCH) {
+            send_leases(hb, b);
+            b = NULL;
+        }
+    }
+    if (b)
+        send_leases(hb, b);
 }
 
 static void on_polled(int status, const struct dsw_store_status_row *rows, size_t n, void *arg)

@@ -676,6 +676,17 @@ void dsw_pipeline_heartbeat(struct dsw_pipeline *p)
         dsw_execution_heartbeat(p->exec);
 }
 
+bool dsw_pipeline_lease(struct dsw_pipeline *p, int64_t *token)
+{
+    return p->exec && dsw_execution_lease(p->exec, token);
+}
+
+void dsw_pipeline_lease_result(struct dsw_pipeline *p, int64_t token, int status)
+{
+    if (p->exec)
+        dsw_execution_lease_result(p->exec, token, status);
+}
+
 bool dsw_pipeline_watching(const struct dsw_pipeline *p)
 {
     return p->exec && dsw_execution_watching(p->exec);

@@ -145,6 +145,10 @@ static const char SQL_TAKEOVER[] =
 static const char SQL_HEARTBEAT[] =
     "UPDATE " CLAIMS " SET heartbeat_at = now()"
     " WHERE run_id = $1 AND fencing_token = $2::bigint AND state <> 'done'";
+static const char SQL_HEARTBEAT_BATCH[] =
+    "UPDATE " CLAIMS " AS c SET heartbeat_at = now() FROM unnest($1::text[], $2::bigint[])"
+    " AS u(run_id, token) WHERE c.run_id = u.run_id AND c.fencing_token = u.token"
+    " AND c.state <> 'done' RETURNING c.run_id, c.fencing_token";
 static const char SQL_SUMMARY[] =
     "SELECT worker_id, state, count(*) FILTER (WHERE heartbeat_at >= now() - $1::bigint *"
     " interval '1 millisecond'), count(*) FILTER (WHERE heartbeat_at < now() - $1::bigint *"
@@ -213,13 +217,17 @@ static const char SQL_OUR_TAGS[] = "SELECT key, value FROM run_tags WHERE run_id
 static const char SQL_RUN_TAGS[] =
     "UPDATE runs SET run_body = $2, update_timestamp = $3::timestamp WHERE run_id = $1"
     " AND EXISTS (SELECT 1 FROM " CLAIMS " c WHERE c.run_id = $1 AND c.fencing_token = $4::bigint)";
-/* The launch in one statement (dsw_store_launch's hints): the run row locked and still as the
- * caller loaded it, then -- only if the fenced claim update wrote its row -- the event with its
- * pg_notify, the tags (add_run_tags: update the key's rows, else insert) and the body. Every
- * write depends on cl, cl on lk: all of it or nothing. No row back: a guard failed. */
+/* The launch in one statement (dsw_store_launch's hints): the claim row locked (first, as the
+ * transactions lock: claim, then run), the run row locked and still as the caller loaded it, then
+ * -- only if the fenced claim update wrote its row -- the event with its pg_notify, the tags
+ * (add_run_tags: update the key's rows, else insert) and the body. Every write depends on cl, cl on
+ * lk: all of it or nothing. No row back: a guard failed. */
 static const char SQL_LAUNCH_ONE[] =
-    "WITH lk AS (SELECT r.run_id FROM runs r WHERE r.run_id = $1::text AND r.status = $4::text"
-    " AND r.run_body = $5::text AND r.pipeline_name IS NOT DISTINCT FROM $6::text FOR UPDATE),"
+    "WITH fc AS (SELECT 1 FROM " CLAIMS " c WHERE c.run_id = $1::text"
+    " AND c.fencing_token = $2::bigint AND c.state <> 'done' FOR UPDATE),"
+    " lk AS (SELECT r.run_id FROM runs r WHERE r.run_id = $1::text AND r.status = $4::text"
+    " AND r.run_body = $5::text AND r.pipeline_name IS NOT DISTINCT FROM $6::text"
+    " AND EXISTS (SELECT 1 FROM fc) FOR UPDATE),"
     " cl AS (UPDATE " CLAIMS " c SET state = 'running', child_pid = $3::int, heartbeat_at = now()"
     " WHERE c.run_id = $1::text AND c.fencing_token = $2::bigint AND c.state <> 'done'"
     " AND EXISTS (SELECT 1 FROM lk) RETURNING 1),"
@@ -236,13 +244,18 @@ static const char SQL_LAUNCH_ONE[] =
     " WHERE r.run_id = $1::text AND EXISTS (SELECT 1 FROM cl) RETURNING 1)"
     " SELECT ev.id, pg_notify('run_events', $1::text || '_' || ev.id),"
     " (SELECT count(*) FROM bd), (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd) FROM ev";
+/* The run as it is now (for a second try of the one-statement launch). */
+static const char SQL_RUN_NOW[] =
+    "SELECT status, pipeline_name, run_body FROM runs WHERE run_id = $1";
 /* The exit record in one statement, for the common case only: the run locked and terminal
  * already, its name as loaded, and every run_tags row of the launch's tags also in its body
  * (so the transaction would write no terminal event, status or body): the claim -> done and
  * the exit event (+ pg_notify), both depending on the fenced claim update. No row back: a
  * guard failed and nothing was written. */
 static const char SQL_EXIT_ONE[] =
-    "WITH lk AS (SELECT r.status FROM runs r WHERE r.run_id = $1::text"
+    "WITH fc AS (SELECT 1 FROM " CLAIMS " c WHERE c.run_id = $1::text"
+    " AND c.fencing_token = $2::bigint AND c.state <> 'done' FOR UPDATE),"
+    " lk AS (SELECT r.status FROM runs r WHERE r.run_id = $1::text AND EXISTS (SELECT 1 FROM fc)"
     " AND r.status IN ('SUCCESS', 'FAILURE', 'CANCELED')"
     " AND r.pipeline_name IS NOT DISTINCT FROM $6::text AND NOT EXISTS (SELECT 1 FROM run_tags t"
     " WHERE t.run_id = r.run_id AND t.key IN ($9::text, $10::text)"
@@ -562,6 +575,83 @@ int dsw_store_heartbeat(struct dsw_store *s, const char *run_id, int64_t token, 
                            arg);
 }
 
+/* A batched lease refresh: the leases as sent, for matching the returned rows. */
+struct leases {
+    dsw_store_leases_cb cb;
+    void *arg;
+    size_t n;
+    char **ids;
+    int64_t *tokens;
+    int *kept;
+};
+
+static void leases_free(struct leases *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->ids[i]);
+    free(l->ids);
+    free(l->tokens);
+    free(l->kept);
+    free(l);
+}
+
+static void on_leases(int status, const struct dsw_db_result *r, void *arg)
+{
+    struct leases *l = arg;
+    if (status == 0) {
+        int rows = dsw_db_result_nrows(r);
+        for (size_t i = 0; i < l->n; i++) {
+            l->kept[i] = -ESTALE;
+            for (int row = 0; row < rows && l->kept[i]; row++) {
+                const char *id = dsw_db_result_value(r, row, 0);
+                if (id && strcmp(id, l->ids[i]) == 0 && col_i64(r, row, 1) == l->tokens[i])
+                    l->kept[i] = 0;
+            }
+            if (l->kept[i] == 0) /* as dsw_store_heartbeat: the failpoint per lease */
+                l->kept[i] = DSW_FAILPOINT("heartbeat_lease");
+        }
+    }
+    l->cb(status, status == 0 ? l->kept : NULL, l->n, l->arg);
+    leases_free(l);
+}
+
+int dsw_store_heartbeat_batch(struct dsw_store *s, const struct dsw_store_lease *leases, size_t n,
+                              dsw_store_leases_cb cb, void *arg)
+{
+    if (!leases || n == 0 || n > POLL_MAX || !cb)
+        return -EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (!leases[i].run_id)
+            return -EINVAL;
+    struct leases *l = dsw_xcalloc(1, sizeof(*l));
+    l->cb = cb;
+    l->arg = arg;
+    l->n = n;
+    l->ids = dsw_xcalloc(n, sizeof(*l->ids));
+    l->tokens = dsw_xcalloc(n, sizeof(*l->tokens));
+    l->kept = dsw_xcalloc(n, sizeof(*l->kept));
+    size_t toklen = 3;
+    for (size_t i = 0; i < n; i++) {
+        l->ids[i] = dsw_xstrdup(leases[i].run_id);
+        l->tokens[i] = leases[i].token;
+        toklen += 22;
+    }
+    char *toks = dsw_xmalloc(toklen), *t = toks;
+    *t++ = '{';
+    for (size_t i = 0; i < n; i++)
+        t += sprintf(t, "%s%lld", i ? "," : "", (long long)l->tokens[i]);
+    *t++ = '}';
+    *t = '\0';
+    char *ids = array_literal((const char *const *)l->ids, n);
+    const char *p[] = {ids, toks};
+    int r = dsw_db_query(s->db, SQL_HEARTBEAT_BATCH, 2, p, on_leases, l);
+    free(ids);
+    free(toks);
+    if (r < 0)
+        leases_free(l);
+    return r;
+}
+
 int dsw_store_release(struct dsw_store *s, const char *run_id, int64_t token, dsw_store_cb cb,
                       void *arg)
 {
@@ -643,6 +733,7 @@ struct op {
     int step;
     int status;   /* reported once the rollback is done */
     int injected; /* failpoint "fail": roll back at once and report this */
+    bool reread;  /* the one-statement launch was tried again on the run as it is now */
     void (*fn)(struct op *o, const struct dsw_db_result *r);
     union {
         dsw_store_record_cb record;
@@ -1102,10 +1193,18 @@ static void one_fallback(struct op *o)
         op_finish(o, r);
 }
 
+static void on_reread(int status, const struct dsw_db_result *r, void *arg);
+
 static void on_one(int status, const struct dsw_db_result *r, void *arg)
 {
     struct op *o = arg;
     if (status == 0 && dsw_db_result_nrows(r) == 0) {
+        const char *p[] = {o->run_id};
+        if (o->kind == K_LAUNCH && !o->reread &&
+            dsw_db_query(o->s->db, SQL_RUN_NOW, 1, p, on_reread, o) == 0) {
+            o->reread = true; /* once: then the transaction decides */
+            return;
+        }
         one_fallback(o);
         return;
     }
@@ -1284,10 +1383,13 @@ static void launch_step(struct op *o, const struct dsw_db_result *r)
     }
 }
 
-static int record_launch_one(struct op *o, const char *seen_status)
+/* Send the one-statement launch for the run as o->body / seen_status describe it: 0, or
+ * negative (nothing sent: the body cannot be rewritten, or the db refused). */
+static int launch_one_send(struct op *o, const char *seen_status)
 {
     char pid[16];
     snprintf(pid, sizeof(pid), "%d", o->pid);
+    o->ntags = o->tag_i = 0;
     launch_tags(o);
     const char *keys[DSW_ARRAY_LEN(o->tags)], *vals[DSW_ARRAY_LEN(o->tags)];
     for (size_t i = 0; i < o->ntags; i++) {
@@ -1296,24 +1398,56 @@ static int record_launch_one(struct op *o, const char *seen_status)
     }
     char *ev = launch_event_json(o);
     char *body = NULL;
-    int r;
+    int r = -EINVAL;
     if (ev && dsw_dagster_body_update(o->body, seen_status, o->tags, o->ntags, &body) == 0) {
         char *k = array_literal(keys, o->ntags), *v = array_literal(vals, o->ntags);
         const char *p[] = {o->run_id, o->token, pid,          seen_status, o->body, o->job_name,
                            body,      ev,       o->now_naive, k,           v};
-        r = one_start(o, launch_step, SQL_LAUNCH_ONE, DSW_ARRAY_LEN(p), p);
+        o->fn = launch_step;
+        r = dsw_db_query(o->s->db, SQL_LAUNCH_ONE, DSW_ARRAY_LEN(p), p, on_one, o);
         free(k);
         free(v);
-    } else {
-        free(o->job_name);
-        free(o->body);
-        o->job_name = o->body = NULL;
-        o->ntags = 0;
-        r = op_start(o, launch_step);
     }
     free(body);
     free(ev);
     return r;
+}
+
+/* The run as it is now, for a second try of the one statement (a run worker that already wrote
+ * STARTED changed the body the first one assumed). */
+static void on_reread(int status, const struct dsw_db_result *r, void *arg)
+{
+    struct op *o = arg;
+    if (status < 0) {
+        op_finish(o, status);
+        return;
+    }
+    const char *st = dsw_db_result_value(r, 0, 0), *body = dsw_db_result_value(r, 0, 2);
+    if (dsw_db_result_nrows(r) != 1 || !st || !body) {
+        one_fallback(o);
+        return;
+    }
+    const char *name = dsw_db_result_value(r, 0, 1);
+    free(o->job_name);
+    free(o->body);
+    o->job_name = name ? dsw_xstrdup(name) : NULL;
+    o->body = dsw_xstrdup(body);
+    char *status_text = dsw_xstrdup(st);
+    if (!o->job_name || launch_one_send(o, status_text) < 0)
+        one_fallback(o);
+    free(status_text);
+}
+
+static int record_launch_one(struct op *o, const char *seen_status)
+{
+    int r = launch_one_send(o, seen_status);
+    if (r == 0)
+        return 0;
+    free(o->job_name);
+    free(o->body);
+    o->job_name = o->body = NULL;
+    o->ntags = 0;
+    return op_start(o, launch_step);
 }
 
 int dsw_store_record_launch(struct dsw_store *s, const struct dsw_store_launch *l, dsw_store_cb cb,

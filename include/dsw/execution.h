@@ -54,6 +54,13 @@ bool dsw_execution_watching(const struct dsw_execution *e);
 
 /* Refresh the lease (one heartbeat in flight at a time). */
 void dsw_execution_heartbeat(struct dsw_execution *e);
+/* The lease to refresh in a batch (dsw_store_heartbeat_batch): true with *token when the child
+ * runs and no refresh of it is in flight; the refresh is then in flight until
+ * dsw_execution_lease_result. */
+bool dsw_execution_lease(struct dsw_execution *e, int64_t *token);
+/* The batch's answer for the lease taken with token (ignored for another token): -ESTALE kills
+ * the child and records nothing, as dsw_execution_heartbeat's. */
+void dsw_execution_lease_result(struct dsw_execution *e, int64_t token, int status);
 
 /* The run's status as polled: see dsw_pipeline_status. */
 void dsw_execution_status(struct dsw_execution *e, const struct dsw_store_status_row *row);

@@ -2,8 +2,9 @@
  * queue.heartbeat one ChangeMessageVisibilityBatch per ten messages held, each to
  * queue.visibility_timeout (a round never starts while the previous one is still in flight:
  * that one already extended every message by a whole timeout); every claims.heartbeat the
- * lease of every running child; every runs.cancel_poll one status poll for every watched run,
- * and within 25 ms when a NOTIFY on run_events names one of them (one poll per burst). */
+ * lease of every running child (one statement per 500 leases); every runs.cancel_poll one status
+ * poll for every watched run, and within 25 ms when a NOTIFY on run_events names one of them (one
+ * poll per burst). */
 #ifndef DSW_HEARTBEAT_H
 #define DSW_HEARTBEAT_H
 

@@ -81,6 +81,10 @@ bool dsw_pipeline_visibility_entry(const struct dsw_pipeline *p, uint64_t now_ms
 /* Refresh the lease of the running child's claim (one heartbeat in flight at a time); a lost
  * lease SIGKILLs the child and records nothing. */
 void dsw_pipeline_heartbeat(struct dsw_pipeline *p);
+/* The same, batched by the caller: the lease to refresh (dsw_execution_lease), and the answer
+ * for it (dsw_execution_lease_result). */
+bool dsw_pipeline_lease(struct dsw_pipeline *p, int64_t *token);
+void dsw_pipeline_lease_result(struct dsw_pipeline *p, int64_t token, int status);
 
 /* Whether the run's status is worth polling: a child runs and nothing has stopped it yet. */
 bool dsw_pipeline_watching(const struct dsw_pipeline *p);

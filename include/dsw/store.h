@@ -166,6 +166,21 @@ typedef void (*dsw_store_cb)(int status, void *arg);
 int dsw_store_heartbeat(struct dsw_store *s, const char *run_id, int64_t token, dsw_store_cb cb,
                         void *arg) DSW_WUR;
 
+/* One lease of a batched refresh. */
+struct dsw_store_lease {
+    const char *run_id;
+    int64_t token;
+};
+/* status 0: kept[i] is leases[i]'s result (0 refreshed, -ESTALE lost: kill the child, record
+ * nothing; or the status the heartbeat_lease failpoint injects), n as given; else the db error
+ * for every lease (kept NULL). */
+typedef void (*dsw_store_leases_cb)(int status, const int *kept, size_t n, void *arg);
+/* dsw_store_heartbeat for up to 1000 leases in one statement (UPDATE .. FROM
+ * unnest($1::text[], $2::bigint[])): the same fence per row. leases is copied. 0 or -EINVAL
+ * (n == 0 or > 1000, a NULL run_id). */
+int dsw_store_heartbeat_batch(struct dsw_store *s, const struct dsw_store_lease *leases, size_t n,
+                              dsw_store_leases_cb cb, void *arg) DSW_WUR;
+
 /* Give a claim up without an outcome (a child was never started: drain, or a dead worker's
  * claim found by the sweeper): the row is deleted where run_id and token match and it is not
  * done, so the run's next message claims it afresh. cb status 0, -ESTALE (not ours any more),

@@ -307,6 +307,20 @@ static void on_record(int status, const struct dsw_store_record_result *rr, void
         w->rr = *rr;
 }
 
+/* The per-lease results as "0,-ESTALE,..." in w->job. */
+static void on_leases(int status, const int *kept, size_t n, void *arg)
+{
+    struct wait *w = arg;
+    w->done = 1;
+    w->status = status;
+    size_t len = 0;
+    for (size_t i = 0; kept && i < n; i++)
+        len += (size_t)snprintf(w->job + len, sizeof(w->job) - len, "%s%s", i ? "," : "",
+                                kept[i] == 0         ? "0"
+                                : kept[i] == -ESTALE ? "-ESTALE"
+                                                     : "other");
+}
+
 static void on_load(int status, const struct dsw_store_run *run, void *arg)
 {
     struct wait *w = arg;
@@ -524,6 +538,28 @@ static void test_takeover_and_fencing(void **state)
     assert_int_equal(dsw_store_heartbeat(f.st[1], id, b.claim.token, on_done, &hb), 0);
     w_until(&f, &hb);
     assert_int_equal(hb.status, 0);
+
+    /* Batched: one statement, each lease fenced alone (the old token and an unknown run lose,
+     * the owner's keeps, and its heartbeat moves). */
+    char ghost[40];
+    rid(&f, "fe", ghost);
+    sql(&f,
+        "UPDATE dagster_sqs_worker.run_claims SET heartbeat_at = now() - interval '30 seconds' "
+        "WHERE run_id = $1",
+        1, p);
+    struct dsw_store_lease ls[] = {
+        {.run_id = id, .token = old}, {.run_id = id, .token = b.claim.token}, {.run_id = ghost}};
+    struct wait bb = {0};
+    assert_int_equal(dsw_store_heartbeat_batch(f.st[1], ls, 3, on_leases, &bb), 0);
+    assert_int_equal(dsw_store_heartbeat_batch(f.st[1], ls, 0, on_leases, &bb), -EINVAL);
+    w_until(&f, &bb);
+    assert_int_equal(bb.status, 0);
+    assert_string_equal(bb.job, "-ESTALE,0,-ESTALE");
+    assert_string_equal(sql(&f,
+                            "SELECT heartbeat_at > now() - interval '5 seconds' FROM "
+                            "dagster_sqs_worker.run_claims WHERE run_id = $1",
+                            1, p),
+                        "t");
     teardown_fx(&f);
 }
 
