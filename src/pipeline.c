@@ -629,12 +629,32 @@ static void decode(struct dsw_pipeline *p, const struct dsw_sqs_message *m, cons
     load(p, 0);
 }
 
+/* A redelivery of a message another slot still holds (its visibility ran out: SQS was slow or
+ * the heartbeat was blocked) comes with a new receipt handle, and SQS honours only the newest:
+ * the holder deletes and extends with it from now on. */
+static void refresh_receipts(struct dsw_pipeline *p)
+{
+    for (struct dsw_pipeline *q = dsw_pipeline_next(p->env, NULL); q;
+         q = dsw_pipeline_next(p->env, q)) {
+        if (q == p || !q->has_message || strcmp(q->message_id, p->message_id) != 0 ||
+            strcmp(q->receipt, p->receipt) == 0)
+            continue;
+        free(q->receipt);
+        q->receipt = dsw_xstrdup(p->receipt);
+        plog(DSW_LOG_INFO, q, "receipt_refreshed",
+             "message delivered again (receive count %d): its newest receipt handle is used",
+             p->receive_count);
+    }
+}
+
 void dsw_pipeline_start_message(struct dsw_pipeline *p, const struct dsw_sqs_message *m)
 {
     p->has_message = true;
     dsw_strlcpy(p->message_id, m->message_id ? m->message_id : "", sizeof(p->message_id));
     p->receipt = dsw_xstrdup(m->receipt_handle ? m->receipt_handle : "");
     p->receive_count = m->receive_count;
+    if (p->message_id[0] && p->receipt[0])
+        refresh_receipts(p);
     if (p->env->draining) /* the poll outlived the start of the drain: give it straight back */
         release(p);
     else
