@@ -13,6 +13,7 @@ Phases (each bounded in time):
   scale      the daemon with 500 slots and 500 runs whose child sleeps: RSS, CPU %, SQS req/s
 """
 import argparse
+import glob
 import http.client
 import json
 import os
@@ -282,16 +283,24 @@ class Bench:
         }
         env.update(extra or {})
         logf = open(os.path.join(self.out, tag.replace("/", "-") + ".log"), "wb")
-        p = subprocess.Popen([self.daemon, "run"], env=env, stdout=logf, stderr=logf,
+        cmd = [self.daemon, "run"]
+        cg = None
+        if "callgrind" in tag:
+            # instructions are repeatable on a loaded machine; the run workers are not traced
+            # and start through dsw-exec (under valgrind /proc/self/exe is valgrind's)
+            cg = os.path.join(self.out, tag.replace("/", "-") + ".callgrind")
+            cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg] + cmd
+            env["DSW_TRAMPOLINE"] = os.path.join(os.path.dirname(self.daemon), "dsw-exec")
+        p = subprocess.Popen(cmd, env=env, stdout=logf, stderr=logf,
                              stdin=subprocess.DEVNULL)
         w = Worker(p, "daemon")
-        w.port, w.log, w.startlog = port, logf.name, startlog
+        w.port, w.log, w.startlog, w.callgrind = port, logf.name, startlog, cg
         w.perf = None
         if os.environ.get("BENCH_PERF"):
             w.perf = subprocess.Popen(["perf", "record", "-g", "-q", "-p", str(p.pid), "-o",
                                        os.path.join(self.out, tag.replace("/", "-") + ".perf")],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
+        deadline = time.time() + (120 if cg else 30)
         while time.time() < deadline:
             if p.poll() is not None:
                 raise RuntimeError("daemon exited %s; see %s" % (p.returncode, logf.name))
@@ -299,6 +308,9 @@ class Bench:
                 if http_get(port, "/readyz")[0] == 200:
                     w.ready_t = time.time()
                     w.cpu0 = w.cpu()
+                    if cg:  # count from "ready": start-up is not charged to the runs
+                        subprocess.run(["callgrind_control", "-z", str(p.pid)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     return w
             except OSError:
                 pass
@@ -484,6 +496,7 @@ class Bench:
             time.sleep(0.05)
         s.stop()
         cpu = w.cpu() - w.cpu0
+        instr = self.callgrind_instructions(w) if w.callgrind else None
         m = self.metrics(w)
         sqs_req = self.msum(m, "dsw_sqs_requests_total")
         pg_calls = self.pgss_worker_calls()
@@ -498,13 +511,30 @@ class Bench:
             "server_req_per_run": moto_req / n if "moto" in label else None,
             "receives": self.msum(m, "dsw_sqs_requests_total", 'op="receive'),
             "sqs_by_op": {k: v for k, v in m.items() if k.startswith("dsw_sqs_requests_total")},
-            "pg_top": pg_top,
+            "pg_top": pg_top, "instr_per_run": instr / n if instr else None,
         }
         log("%s: %d runs, %.1f runs/s, cpu %.2f s, sqs %d, pg %d, log %d receive %d delete" % (
             label, n, res["rate"] or 0, cpu, sqs_req, pg_calls, nrec, ndel))
-        res["latency"] = self.latency(w, sqs, url, label, celery_enqueue and app)
+        if not w.callgrind:  # under valgrind the latency would measure valgrind
+            res["latency"] = self.latency(w, sqs, url, label, celery_enqueue and app)
         stop_proc(w.proc, perf=w.perf)
         self.results[label] = res
+
+    @staticmethod
+    def callgrind_instructions(w):
+        """Instructions (Ir) the daemon executed since ready (callgrind_control -z), dumped now."""
+        before = set(glob.glob(w.callgrind + "*"))
+        subprocess.run(["callgrind_control", "-d", str(w.proc.pid)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            new = set(glob.glob(w.callgrind + "*")) - before
+            for f in sorted(new):
+                with open(f) as fh:
+                    for line in fh:
+                        if line.startswith(("summary:", "totals:")):
+                            return int(line.split()[1])
+            time.sleep(0.1)
+        return None
 
     def latency(self, w, sqs, url, label, app=None):
         o = self.o
@@ -683,6 +713,7 @@ def table(b):
     o, R = b.o, b.results
     DF, DM, CM = R.get("daemon/fauxqs", {}), R.get("daemon/moto", {}), R.get("celery/moto", {})
     L, I, S = R.get("limits", {}), R.get("idle", {}), R.get("scale", {})
+    CG = R.get("daemon/callgrind", {})
     lat = lambda r, p: (r.get("latency") or {}).get(p)
     idl = lambda who, k: (I.get(who) or {}).get(k)
     rows = [
@@ -722,6 +753,8 @@ def table(b):
         ("Postgres round trips per run (worker)", fmt(DF.get("pg_per_run"), "%.1f"),
          fmt(DM.get("pg_per_run"), "%.1f"), fmt(CM.get("pg_per_run"), "%.1f"),
          ratio(CM.get("pg_per_run"), DM.get("pg_per_run"))),
+        ("daemon instructions per run (callgrind, %s runs on fauxqs)" % fmt(CG.get("runs"), "%d"),
+         fmt(CG.get("instr_per_run") and CG["instr_per_run"] / 1e6, "%.2f M"), "", "", ""),
     ]
     w0 = max(len(r[0]) for r in rows) + 2
     hdr = ("", "daemon/fauxqs", "daemon/moto", "celery/moto", "celery÷daemon")
@@ -793,6 +826,7 @@ def main():
     ap.add_argument("--scale-heartbeat", default="5s")
     ap.add_argument("--scale-window", type=float, default=20)
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--callgrind-runs", type=int, default=200)
     ap.add_argument("--phases", default="limits,daemon-fauxqs,daemon-moto,celery-moto,idle,scale")
     o = ap.parse_args()
     b = Bench(o)
@@ -813,6 +847,8 @@ def main():
             b.throughput_celery("celery/moto", o.moto_runs)
         elif ph == "idle":
             b.idle()
+        elif ph == "daemon-callgrind":
+            b.throughput_daemon("daemon/callgrind", o.fauxqs, o.callgrind_runs)
         elif ph == "scale":
             b.scale()
         log("phase %s took %.0f s" % (ph, time.time() - t))

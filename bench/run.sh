@@ -23,7 +23,7 @@ fi
 
 [ -f "$build/CMakeCache.txt" ] ||
     cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$build" -j2 --target dagster-sqs-worker fake_dagster dsw bench_sqs >/dev/null
+cmake --build "$build" -j2 --target dagster-sqs-worker fake_dagster dsw dsw-exec bench_sqs >/dev/null
 # bench.py's --drain program: bench_sqs in its receive+delete mode.
 printf '#!/bin/sh\nexec "%s" --drain "$@"\n' "$build/bench_sqs" >"$out/sqs_drain"
 chmod +x "$out/sqs_drain"
