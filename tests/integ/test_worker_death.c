@@ -105,7 +105,9 @@ static void test_kill9_sweeper_leaves_run_for_resume(void **state)
                          "dagster_event_type = 'PIPELINE_FAILURE'",
                          1, (const char *const[]){id}) == 0);
     assert_true(tu_eq_free(tu_claim_col(id, "kind"), "resume"));
-    assert_true(tu_eq_free(tu_claim_col(id, "outcome"), "exited"));
+    /* SUCCESS is the run worker's own write; our exit record commits after it. */
+    assert_true(tu_wait_sql("SELECT outcome FROM dagster_sqs_worker.run_claims WHERE run_id = $1",
+                            id, "exited", WAIT_MS));
     assert_int_equal(tu_run_starts(id), 2);
     assert_true(tu_wait_queue_empty(&q, WAIT_MS));
     tu_daemon_signal(b, SIGTERM);
