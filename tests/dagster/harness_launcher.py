@@ -18,6 +18,7 @@ Messages go to SQS with boto3 (Debian's python3-boto3); Celery's go through komb
 transport, so the server must speak the Query protocol (moto).
 """
 import json
+import threading
 import uuid
 from urllib.parse import urlsplit
 
@@ -33,11 +34,19 @@ KEY = SECRET = "testing"
 REGION = "us-east-1"
 
 
+_CLIENT_LOCK = threading.Lock()
+
+
 def _sqs(endpoint):
+    """A client from a session of its own, made under a lock: boto3's default session is not
+    thread-safe (concurrent boto3.client() calls fail with KeyError 'endpoint_resolver'), and
+    the harness launches runs from several threads at once."""
     import boto3
 
-    return boto3.client("sqs", endpoint_url=endpoint, region_name=REGION,
-                        aws_access_key_id=KEY, aws_secret_access_key=SECRET)
+    with _CLIENT_LOCK:
+        return boto3.session.Session().client(
+            "sqs", endpoint_url=endpoint, region_name=REGION, aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET)
 
 
 def envelope(form, packed, resume=False):
