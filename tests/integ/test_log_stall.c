@@ -49,23 +49,6 @@ static int teardown_daemon(void **state)
     return teardown(state);
 }
 
-/* A pipe already full: the next write to its write end would block. */
-static void full_pipe(int fds[2])
-{
-    assert_int_equal(pipe(fds), 0);
-    int fl = fcntl(fds[1], F_GETFL);
-    assert_int_equal(fcntl(fds[1], F_SETFL, fl | O_NONBLOCK), 0);
-    char chunk[4096];
-    memset(chunk, 'x', sizeof(chunk));
-    while (write(fds[1], chunk, sizeof(chunk)) > 0)
-        ;
-    assert_int_equal(errno, EAGAIN);
-    assert_int_equal(fcntl(fds[1], F_SETFL, fl), 0);
-    assert_int_equal(fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK), 0);
-    assert_int_equal(fcntl(fds[0], F_SETFD, FD_CLOEXEC), 0);
-    assert_int_equal(fcntl(fds[1], F_SETFD, FD_CLOEXEC), 0);
-}
-
 struct lease {
     const char *run_id;
     char *first; /* the first heartbeat_at seen */
@@ -130,7 +113,7 @@ static void test_stalled_stderr_keeps_leases(void **state)
         tu_send_run(&q, flood[i], NULL, 0);
     }
     int fds[2];
-    full_pipe(fds);
+    tu_full_pipe(fds);
     pid_t pid = start_daemon(fds[1]);
     close(fds[1]);
 

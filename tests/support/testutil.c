@@ -1203,3 +1203,19 @@ int tu_pg_ctl(const char *action)
     free(tmp);
     return rc;
 }
+
+void tu_full_pipe(int fds[2])
+{
+    assert_int_equal(pipe(fds), 0);
+    int fl = fcntl(fds[1], F_GETFL);
+    assert_int_equal(fcntl(fds[1], F_SETFL, fl | O_NONBLOCK), 0);
+    char chunk[4096];
+    memset(chunk, 'x', sizeof(chunk));
+    while (write(fds[1], chunk, sizeof(chunk)) > 0)
+        ;
+    assert_int_equal(errno, EAGAIN);
+    assert_int_equal(fcntl(fds[1], F_SETFL, fl), 0);
+    assert_int_equal(fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK), 0);
+    assert_int_equal(fcntl(fds[0], F_SETFD, FD_CLOEXEC), 0);
+    assert_int_equal(fcntl(fds[1], F_SETFD, FD_CLOEXEC), 0);
+}

@@ -15,8 +15,11 @@
 const char *tu_need_env(const char *name);
 /* Whole file into a NUL-terminated heap buffer (caller frees); fails the test when unreadable. */
 char *tu_read_file(const char *path, size_t *len);
-/* Path of a file in ../shared/vectors (caller frees). */
+/* Path of a file in the vectors (DSW_VECTORS, tests/vectors by default; caller frees). */
 char *tu_vector_path(const char *name);
+/* A pipe already full: the next write to fds[1] (left blocking) would block; fds[0] is
+ * non-blocking; both are close-on-exec. */
+void tu_full_pipe(int fds[2]);
 /* A fresh temporary directory (caller frees the path, and removes it with tu_rm_rf). */
 char *tu_tmpdir(void);
 void tu_rm_rf(const char *path);

@@ -214,21 +214,6 @@ static void test_parse(void **state)
     assert_string_equal(dsw_log_level_name(DSW_LOG_ERROR), "error");
 }
 
-/* A pipe whose reader is not reading, full to the brim. */
-static void full_pipe(int fds[2])
-{
-    assert_int_equal(pipe(fds), 0);
-    int fl = fcntl(fds[1], F_GETFL);
-    assert_int_equal(fcntl(fds[1], F_SETFL, fl | O_NONBLOCK), 0);
-    char chunk[4096];
-    memset(chunk, 'x', sizeof(chunk));
-    while (write(fds[1], chunk, sizeof(chunk)) > 0)
-        ;
-    assert_int_equal(errno, EAGAIN);
-    assert_int_equal(fcntl(fds[1], F_SETFL, fl), 0);
-    assert_int_equal(fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK), 0);
-}
-
 /* Everything readable now from fd appended to acc (capped); whether needle is in it. */
 static int read_for(int fd, char *acc, size_t cap, size_t *len, const char *needle)
 {
@@ -286,7 +271,7 @@ static int rendered_drops(uint64_t *n)
 static void test_stalled_fd_on_loop_drops_and_reports(void **state)
 {
     int fds[2];
-    full_pipe(fds);
+    tu_full_pipe(fds);
     dsw_log_setup(DSW_LOG_INFO, DSW_LOG_TEXT, fds[1]);
     uv_loop_t loop;
     assert_int_equal(uv_loop_init(&loop), 0);
@@ -315,7 +300,7 @@ static void test_stalled_fd_on_loop_drops_and_reports(void **state)
 static void test_stalled_fd_off_loop_is_bounded(void **state)
 {
     int fds[2];
-    full_pipe(fds);
+    tu_full_pipe(fds);
     dsw_log_setup(DSW_LOG_INFO, DSW_LOG_TEXT, fds[1]);
     uint64_t before = dsw_log_dropped();
     uint64_t dropped = fill_until_dropped(before); /* returns: nothing blocks */
