@@ -209,11 +209,12 @@ static void on_summary(int status, const struct dsw_store_summary_row *rows, siz
         step_done(a, status == -ENOENT ? 1 : EXIT_UNAVAILABLE);
         return;
     }
-    printf("claims (unfinished), per worker:\n");
+    printf("claims (unfinished), per worker (run: run claims, step: step claims):\n");
     if (n == 0)
         printf("  none\n");
     for (size_t i = 0; i < n; i++)
-        printf("  %-48s %-8s live %lld  stale %lld\n", rows[i].worker_id ? rows[i].worker_id : "",
+        printf("  %-48s %-4s %-8s live %lld  stale %lld\n",
+               rows[i].worker_id ? rows[i].worker_id : "", rows[i].step ? "step" : "run",
                states[rows[i].state & 3], (long long)rows[i].live, (long long)rows[i].stale);
     step_done(a, 0);
 }

@@ -1,8 +1,11 @@
 /* store: every SQL statement of the daemon, over dsw_db. Single statements for reads and claim
  * CAS (claim, takeover, heartbeat, sweep); small step machines over one dsw_db transaction for
  * writes (launch, exit, outcome, enqueue's STARTING, db-init), each fenced by the claim token
- * and never overwriting a terminal run status. Event JSON comes from the dagster module. */
+ * and never overwriting a terminal run status. Event JSON comes from the dagster module. The
+ * step claims' statements are in store_step.c, over the call machinery shared in store_int.h. */
 #include "dsw/store.h"
+
+#include "store_int.h"
 
 #include "dsw/dagster.h"
 #include "dsw/failpoint.h"
@@ -14,19 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define POLL_MAX        1000
-#define SWEEP_MAX       1000
-#define TAG_MAX_RUNTIME "dagster/max_runtime"
+#define SWEEP_MAX 1000
 /* pg_advisory_xact_lock key serializing concurrent db-init runs ("dsw-init"). */
 #define INIT_LOCK_KEY "7238079893510318452"
-
-struct dsw_store {
-    struct dsw_db *db;
-    char *worker_id;
-    char *hostname;
-    int64_t ttl_ms;
-    char ttl[24];
-};
 
 /* ---- statuses ------------------------------------------------------------------------------ */
 
@@ -69,39 +62,42 @@ static enum dsw_store_claim_state claim_state_parse(const char *t)
 
 /* ---- SQL ----------------------------------------------------------------------------------- */
 
-#define SCHEMA "dagster_sqs_worker"
-#define CLAIMS SCHEMA ".run_claims"
-#define FENCE  "nextval('" SCHEMA ".fence')"
-/* The ten columns read_claim parses, for a claims row aliased p. */
-#define CLAIM_COLS(p)                                                                              \
-    p "state, " p "fencing_token, " p "attempt, " p "kind, " p "worker_id, " p "message_id, " p    \
-      "receive_count, " p "child_pid, extract(epoch FROM now() - " p "heartbeat_at)::float8, " p   \
-      "outcome"
-#define NCLAIM_COLS 10
+/* The columns both claims tables end with, after fencing_token (as version 1 created them). */
+#define CLAIM_TABLE_COLS                                                                           \
+    " message_id text, receive_count int,"                                                         \
+    " state text NOT NULL CHECK (state IN ('claimed', 'running', 'done')), child_pid int,"         \
+    " claimed_at timestamptz NOT NULL DEFAULT now(), heartbeat_at timestamptz NOT NULL DEFAULT"    \
+    " now(), finished_at timestamptz, exit_code int, term_signal int, outcome text"
 
-static const char *const migration_v1[] = {
-    "CREATE SCHEMA IF NOT EXISTS " SCHEMA,
-    "CREATE SEQUENCE IF NOT EXISTS " SCHEMA ".fence",
-    "CREATE TABLE IF NOT EXISTS " CLAIMS " ("
-    " run_id text PRIMARY KEY,"
-    " kind text NOT NULL DEFAULT 'execute',"
-    " attempt int NOT NULL DEFAULT 1,"
-    " worker_id text NOT NULL,"
-    " fencing_token bigint NOT NULL,"
-    " message_id text,"
-    " receive_count int,"
-    " state text NOT NULL CHECK (state IN ('claimed', 'running', 'done')),"
-    " child_pid int,"
-    " claimed_at timestamptz NOT NULL DEFAULT now(),"
-    " heartbeat_at timestamptz NOT NULL DEFAULT now(),"
-    " finished_at timestamptz,"
-    " exit_code int,"
-    " term_signal int,"
-    " outcome text)",
-    "CREATE INDEX IF NOT EXISTS run_claims_stale ON " CLAIMS " (heartbeat_at)"
-    " WHERE state <> 'done'",
-    "CREATE TABLE IF NOT EXISTS " SCHEMA ".schema_version ("
-    " version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+/* Every migration's statements in order, each tagged with the version it belongs to: db-init
+ * runs those above the version it finds. */
+static const struct migration {
+    int version;
+    const char *sql;
+} migrations[] = {
+    {1, "CREATE SCHEMA IF NOT EXISTS " SCHEMA},
+    {1, "CREATE SEQUENCE IF NOT EXISTS " SCHEMA ".fence"},
+    {1, "CREATE TABLE IF NOT EXISTS " CLAIMS " ("
+        " run_id text PRIMARY KEY,"
+        " kind text NOT NULL DEFAULT 'execute',"
+        " attempt int NOT NULL DEFAULT 1,"
+        " worker_id text NOT NULL,"
+        " fencing_token bigint NOT NULL," CLAIM_TABLE_COLS ")"},
+    {1, "CREATE INDEX IF NOT EXISTS run_claims_stale ON " CLAIMS " (heartbeat_at)"
+        " WHERE state <> 'done'"},
+    {1, "CREATE TABLE IF NOT EXISTS " SCHEMA ".schema_version ("
+        " version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"},
+    /* 2: step claims (STEPS.md §3), tokens from the same fence sequence. */
+    {2, "CREATE TABLE IF NOT EXISTS " STEPS " ("
+        " run_id text NOT NULL,"
+        " step_key text NOT NULL,"
+        " attempt int NOT NULL,"
+        " worker_id text NOT NULL,"
+        " fencing_token bigint NOT NULL UNIQUE," CLAIM_TABLE_COLS ","
+        " stop_requested_at timestamptz,"
+        " PRIMARY KEY (run_id, step_key, attempt))"},
+    {2, "CREATE INDEX IF NOT EXISTS step_claims_stale ON " STEPS " (heartbeat_at)"
+        " WHERE state <> 'done'"},
 };
 
 static const char SQL_HAS_SCHEMA[] =
@@ -113,11 +109,7 @@ static const char SQL_SET_VERSION[] = "INSERT INTO " SCHEMA ".schema_version (ve
                                       "VALUES ($1::int) ON CONFLICT (version) DO NOTHING";
 
 static const char SQL_LOAD[] =
-    "SELECT r.status, r.pipeline_name, r.run_body,"
-    " (SELECT t.value FROM run_tags t WHERE t.run_id = r.run_id AND t.key = $2"
-    "  ORDER BY t.id DESC LIMIT 1), " CLAIM_COLS(
-        "c.") " FROM runs r"
-              " LEFT JOIN " CLAIMS " c ON c.run_id = r.run_id WHERE r.run_id = $1";
+    SQL_RUN_WITH_CLAIM(CLAIM_COLS("c."), CLAIMS " c ON c.run_id = r.run_id");
 /* by_run_worker: for a terminal run, whether its last PIPELINE_SUCCESS/FAILURE event came from a
  * run worker (Dagster's run worker writes its pid in the event; instance.report_run_failed from
  * run monitoring, the UI or a script writes none). NULL when there is no such event. */
@@ -142,18 +134,28 @@ static const char SQL_TAKEOVER[] =
     " WHERE c.run_id = $1 AND c.fencing_token = $2::bigint AND (c.state = 'done'"
     " OR c.heartbeat_at < now() - $7::bigint * interval '1 millisecond')"
     " RETURNING " CLAIM_COLS("c.");
+/* A lease is a run claim's or a step claim's (one sequence: a token is in one table only); both
+ * tables are refreshed in one statement, one row back per refreshed lease. */
 static const char SQL_HEARTBEAT[] =
-    "UPDATE " CLAIMS " SET heartbeat_at = now()"
-    " WHERE run_id = $1 AND fencing_token = $2::bigint AND state <> 'done'";
+    "WITH r AS (UPDATE " CLAIMS " SET heartbeat_at = now() WHERE run_id = $1"
+    " AND fencing_token = $2::bigint AND state <> 'done' RETURNING 1),"
+    " s AS (UPDATE " STEPS " SET heartbeat_at = now() WHERE run_id = $1"
+    " AND fencing_token = $2::bigint AND state <> 'done' RETURNING 1)"
+    " SELECT 1 FROM r UNION ALL SELECT 1 FROM s";
 static const char SQL_HEARTBEAT_BATCH[] =
-    "UPDATE " CLAIMS " AS c SET heartbeat_at = now() FROM unnest($1::text[], $2::bigint[])"
-    " AS u(run_id, token) WHERE c.run_id = u.run_id AND c.fencing_token = u.token"
-    " AND c.state <> 'done' RETURNING c.run_id, c.fencing_token";
+    "WITH u AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS u(run_id, token)),"
+    " r AS (UPDATE " CLAIMS " AS c SET heartbeat_at = now() FROM u WHERE c.run_id = u.run_id"
+    " AND c.fencing_token = u.token AND c.state <> 'done' RETURNING c.run_id, c.fencing_token),"
+    " s AS (UPDATE " STEPS " AS c SET heartbeat_at = now() FROM u WHERE c.run_id = u.run_id"
+    " AND c.fencing_token = u.token AND c.state <> 'done' RETURNING c.run_id, c.fencing_token)"
+    " SELECT run_id, fencing_token FROM r UNION ALL SELECT run_id, fencing_token FROM s";
+/* Run claims first, then step claims, per worker. */
 static const char SQL_SUMMARY[] =
-    "SELECT worker_id, state, count(*) FILTER (WHERE heartbeat_at >= now() - $1::bigint *"
-    " interval '1 millisecond'), count(*) FILTER (WHERE heartbeat_at < now() - $1::bigint *"
-    " interval '1 millisecond') FROM " CLAIMS " WHERE state <> 'done' GROUP BY 1, 2 ORDER BY 1, 2"
-    " LIMIT 1000";
+    "SELECT worker_id, state, count(*) FILTER (WHERE NOT " STALE_TTL1 "),"
+    " count(*) FILTER (WHERE " STALE_TTL1 "), step FROM (SELECT worker_id, state, heartbeat_at,"
+    " false AS step FROM " CLAIMS " WHERE state <> 'done' UNION ALL SELECT worker_id, state,"
+    " heartbeat_at, true FROM " STEPS " WHERE state <> 'done') AS c"
+    " GROUP BY 1, 2, 5 ORDER BY 1, 5, 2 LIMIT 1000";
 static const char SQL_RELEASE[] =
     "DELETE FROM " CLAIMS " WHERE run_id = $1 AND fencing_token = $2::bigint AND state <> 'done'";
 static const char SQL_LEAVE[] =
@@ -275,7 +277,7 @@ static const char SQL_RUN_STARTING[] =
 
 /* ---- result helpers ------------------------------------------------------------------------ */
 
-static int64_t col_i64(const struct dsw_db_result *r, int row, int col)
+int64_t store_col_i64(const struct dsw_db_result *r, int row, int col)
 {
     int64_t v = 0;
     if (dsw_db_result_int64(r, row, col, &v) < 0)
@@ -289,20 +291,20 @@ static double col_f64(const struct dsw_db_result *r, int row, int col)
     return v ? strtod(v, NULL) : 0.0;
 }
 
-static void read_claim(const struct dsw_store *s, const struct dsw_db_result *r, int row, int c,
-                       struct dsw_store_claim *out)
+void store_read_claim(const struct dsw_store *s, const struct dsw_db_result *r, int row, int c,
+                      struct dsw_store_claim *out)
 {
     memset(out, 0, sizeof(*out));
     out->state = claim_state_parse(dsw_db_result_value(r, row, c));
     if (out->state == DSW_CLAIM_NONE)
         return;
-    out->token = col_i64(r, row, c + 1);
-    out->attempt = (int)col_i64(r, row, c + 2);
+    out->token = store_col_i64(r, row, c + 1);
+    out->attempt = (int)store_col_i64(r, row, c + 2);
     out->kind = dsw_db_result_value(r, row, c + 3);
     out->worker_id = dsw_db_result_value(r, row, c + 4);
     out->message_id = dsw_db_result_value(r, row, c + 5);
-    out->receive_count = (int)col_i64(r, row, c + 6);
-    out->child_pid = (int)col_i64(r, row, c + 7);
+    out->receive_count = (int)store_col_i64(r, row, c + 6);
+    out->child_pid = (int)store_col_i64(r, row, c + 7);
     out->age_s = col_f64(r, row, c + 8);
     out->outcome = dsw_db_result_value(r, row, c + 9);
     out->live = out->state != DSW_CLAIM_DONE && out->age_s * 1000.0 < (double)s->ttl_ms;
@@ -335,24 +337,7 @@ void dsw_store_free(struct dsw_store *s)
 
 /* ---- single statements --------------------------------------------------------------------- */
 
-/* The context of a single-statement call; the union member follows the callback type. */
-struct call {
-    struct dsw_store *s;
-    union {
-        dsw_store_load_cb load;
-        dsw_store_poll_cb poll;
-        dsw_store_claim_cb claim;
-        dsw_store_cb done;
-        dsw_store_sweep_cb sweep;
-        dsw_store_summary_cb summary;
-    } cb;
-    void *arg;
-    char *run_id;
-    bool takeover;
-    int injected; /* failpoint "fail": the status reported once the statement is done */
-};
-
-static struct call *call_new(struct dsw_store *s, const char *run_id, void *arg)
+struct call *store_call_new(struct dsw_store *s, const char *run_id, void *arg)
 {
     struct call *c = dsw_xcalloc(1, sizeof(*c));
     c->s = s;
@@ -361,19 +346,34 @@ static struct call *call_new(struct dsw_store *s, const char *run_id, void *arg)
     return c;
 }
 
-static void call_free(struct call *c)
+void store_call_free(struct call *c)
 {
     free(c->run_id);
+    free(c->step_key);
     free(c);
 }
 
-static int call_query(struct call *c, const char *sql, int n, const char *const *p,
-                      dsw_db_query_cb cb)
+int store_call_query(struct call *c, const char *sql, int n, const char *const *p,
+                     dsw_db_query_cb cb)
 {
     int r = dsw_db_query(c->s->db, sql, n, p, cb, c);
     if (r < 0)
-        call_free(c);
+        store_call_free(c);
     return r;
+}
+
+int store_array_query(struct call *c, const char *sql, char *array, dsw_db_query_cb cb)
+{
+    const char *p[] = {array};
+    int r = store_call_query(c, sql, 1, p, cb);
+    free(array);
+    return r;
+}
+
+int store_ttl_query(struct call *c, const char *sql, dsw_db_query_cb cb)
+{
+    const char *p[] = {c->s->ttl};
+    return store_call_query(c, sql, 1, p, cb);
 }
 
 static int64_t max_runtime_ms(const char *tag_value, const char *body)
@@ -388,7 +388,7 @@ static int64_t max_runtime_ms(const char *tag_value, const char *body)
     return (int64_t)llround(v * 1000.0);
 }
 
-static void on_load(int status, const struct dsw_db_result *r, void *arg)
+void store_on_load(int status, const struct dsw_db_result *r, void *arg)
 {
     struct call *c = arg;
     struct dsw_store_run run = {.run_id = c->run_id};
@@ -400,20 +400,20 @@ static void on_load(int status, const struct dsw_db_result *r, void *arg)
         run.job_name = dsw_db_result_value(r, 0, 1);
         run.body = dsw_db_result_value(r, 0, 2);
         run.max_runtime_ms = max_runtime_ms(dsw_db_result_value(r, 0, 3), run.body);
-        read_claim(c->s, r, 0, 4, &run.claim);
+        store_read_claim(c->s, r, 0, 4, &run.claim);
     }
     c->cb.load(status, status == 0 ? &run : NULL, c->arg);
-    call_free(c);
+    store_call_free(c);
 }
 
 int dsw_store_load(struct dsw_store *s, const char *run_id, dsw_store_load_cb cb, void *arg)
 {
     if (!run_id || !cb)
         return -EINVAL;
-    struct call *c = call_new(s, run_id, arg);
+    struct call *c = store_call_new(s, run_id, arg);
     c->cb.load = cb;
     const char *p[] = {run_id, TAG_MAX_RUNTIME};
-    return call_query(c, SQL_LOAD, 2, p, on_load);
+    return store_call_query(c, SQL_LOAD, 2, p, store_on_load);
 }
 
 static void on_poll(int status, const struct dsw_db_result *r, void *arg)
@@ -429,11 +429,10 @@ static void on_poll(int status, const struct dsw_db_result *r, void *arg)
     }
     c->cb.poll(status, rows, n, c->arg);
     free(rows);
-    call_free(c);
+    store_call_free(c);
 }
 
-/* A text[] literal: {"a","b"} with " and \ escaped. */
-static char *array_literal(const char *const *items, size_t n)
+char *store_text_array(const char *const *items, size_t n)
 {
     size_t len = 3;
     for (size_t i = 0; i < n; i++)
@@ -456,6 +455,17 @@ static char *array_literal(const char *const *items, size_t n)
     return out;
 }
 
+char *store_int64_array(const int64_t *v, size_t n)
+{
+    char *out = dsw_xmalloc(3 + 21 * n), *t = out;
+    *t++ = '{';
+    for (size_t i = 0; i < n; i++)
+        t += sprintf(t, "%s%lld", i ? "," : "", (long long)v[i]);
+    *t++ = '}';
+    *t = '\0';
+    return out;
+}
+
 int dsw_store_poll_status(struct dsw_store *s, const char *const *run_ids, size_t n,
                           dsw_store_poll_cb cb, void *arg)
 {
@@ -464,25 +474,21 @@ int dsw_store_poll_status(struct dsw_store *s, const char *const *run_ids, size_
     for (size_t i = 0; i < n; i++)
         if (!run_ids[i])
             return -EINVAL;
-    struct call *c = call_new(s, NULL, arg);
+    struct call *c = store_call_new(s, NULL, arg);
     c->cb.poll = cb;
-    char *lit = array_literal(run_ids, n);
-    const char *p[] = {lit};
-    int r = call_query(c, SQL_POLL, 1, p, on_poll);
-    free(lit);
-    return r;
+    return store_array_query(c, SQL_POLL, store_text_array(run_ids, n), on_poll);
 }
 
 /* After a lost claim or takeover: report the row as it is now. */
-static void on_claim_view(int status, const struct dsw_db_result *r, void *arg)
+void store_on_claim_view(int status, const struct dsw_db_result *r, void *arg)
 {
     struct call *c = arg;
     struct dsw_store_claim claim;
-    read_claim(c->s, r, 0, 0, &claim);
+    store_read_claim(c->s, r, 0, 0, &claim);
     if (status == 0)
         status = c->takeover ? -EBUSY : -EEXIST;
     c->cb.claim(status, status == -EBUSY || status == -EEXIST ? &claim : NULL, c->arg);
-    call_free(c);
+    store_call_free(c);
 }
 
 static void on_claim(int status, const struct dsw_db_result *r, void *arg)
@@ -491,7 +497,7 @@ static void on_claim(int status, const struct dsw_db_result *r, void *arg)
     struct dsw_store_claim claim;
     if (status == 0 && dsw_db_result_nrows(r) == 0) {
         const char *p[] = {c->run_id};
-        if (dsw_db_query(c->s->db, SQL_CLAIM_VIEW, 1, p, on_claim_view, c) == 0)
+        if (dsw_db_query(c->s->db, SQL_CLAIM_VIEW, 1, p, store_on_claim_view, c) == 0)
             return;
         status = -ECANCELED;
     }
@@ -501,9 +507,9 @@ static void on_claim(int status, const struct dsw_db_result *r, void *arg)
         if (fp < 0)
             status = fp;
     }
-    read_claim(c->s, r, 0, 0, &claim);
+    store_read_claim(c->s, r, 0, 0, &claim);
     c->cb.claim(status, status == 0 ? &claim : NULL, c->arg);
-    call_free(c);
+    store_call_free(c);
 }
 
 static int check_req(const struct dsw_store_claim_req *req, dsw_store_claim_cb cb)
@@ -521,10 +527,10 @@ int dsw_store_claim(struct dsw_store *s, const struct dsw_store_claim_req *req,
     if (check_req(req, cb) < 0)
         return -EINVAL;
     snprintf(rc, sizeof(rc), "%d", req->receive_count);
-    struct call *c = call_new(s, req->run_id, arg);
+    struct call *c = store_call_new(s, req->run_id, arg);
     c->cb.claim = cb;
     const char *p[] = {req->run_id, req->kind, s->worker_id, req->message_id, rc};
-    return call_query(c, SQL_CLAIM, 5, p, on_claim);
+    return store_call_query(c, SQL_CLAIM, 5, p, on_claim);
 }
 
 int dsw_store_takeover(struct dsw_store *s, const struct dsw_store_claim_req *req,
@@ -535,14 +541,14 @@ int dsw_store_takeover(struct dsw_store *s, const struct dsw_store_claim_req *re
         return -EINVAL;
     snprintf(rc, sizeof(rc), "%d", req->receive_count);
     snprintf(tok, sizeof(tok), "%lld", (long long)seen_token);
-    struct call *c = call_new(s, req->run_id, arg);
+    struct call *c = store_call_new(s, req->run_id, arg);
     c->cb.claim = cb;
     c->takeover = true;
     const char *p[] = {req->run_id, tok, req->kind, s->worker_id, req->message_id, rc, s->ttl};
-    return call_query(c, SQL_TAKEOVER, 7, p, on_claim);
+    return store_call_query(c, SQL_TAKEOVER, 7, p, on_claim);
 }
 
-static void on_heartbeat(int status, const struct dsw_db_result *r, void *arg)
+void store_on_one_row(int status, const struct dsw_db_result *r, void *arg)
 {
     struct call *c = arg;
     if (status == 0 && dsw_db_result_cmd_tuples(r) != 1)
@@ -550,7 +556,7 @@ static void on_heartbeat(int status, const struct dsw_db_result *r, void *arg)
     if (status == 0 && c->injected)
         status = c->injected;
     c->cb.done(status, c->arg);
-    call_free(c);
+    store_call_free(c);
 }
 
 /* One fenced statement on a claim ($1 run_id, $2 token) whose effect is "exactly one row". */
@@ -561,11 +567,11 @@ static int claim_statement(struct dsw_store *s, const char *sql, const char *run
     if (!run_id || !cb)
         return -EINVAL;
     snprintf(tok, sizeof(tok), "%lld", (long long)token);
-    struct call *c = call_new(s, run_id, arg);
+    struct call *c = store_call_new(s, run_id, arg);
     c->cb.done = cb;
     c->injected = injected;
     const char *p[] = {run_id, tok};
-    return call_query(c, sql, 2, p, on_heartbeat);
+    return store_call_query(c, sql, 2, p, store_on_one_row);
 }
 
 int dsw_store_heartbeat(struct dsw_store *s, const char *run_id, int64_t token, dsw_store_cb cb,
@@ -604,7 +610,7 @@ static void on_leases(int status, const struct dsw_db_result *r, void *arg)
             l->kept[i] = -ESTALE;
             for (int row = 0; row < rows && l->kept[i]; row++) {
                 const char *id = dsw_db_result_value(r, row, 0);
-                if (id && strcmp(id, l->ids[i]) == 0 && col_i64(r, row, 1) == l->tokens[i])
+                if (id && strcmp(id, l->ids[i]) == 0 && store_col_i64(r, row, 1) == l->tokens[i])
                     l->kept[i] = 0;
             }
             if (l->kept[i] == 0) /* as dsw_store_heartbeat: the failpoint per lease */
@@ -630,19 +636,12 @@ int dsw_store_heartbeat_batch(struct dsw_store *s, const struct dsw_store_lease 
     l->ids = dsw_xcalloc(n, sizeof(*l->ids));
     l->tokens = dsw_xcalloc(n, sizeof(*l->tokens));
     l->kept = dsw_xcalloc(n, sizeof(*l->kept));
-    size_t toklen = 3;
     for (size_t i = 0; i < n; i++) {
         l->ids[i] = dsw_xstrdup(leases[i].run_id);
         l->tokens[i] = leases[i].token;
-        toklen += 22;
     }
-    char *toks = dsw_xmalloc(toklen), *t = toks;
-    *t++ = '{';
-    for (size_t i = 0; i < n; i++)
-        t += sprintf(t, "%s%lld", i ? "," : "", (long long)l->tokens[i]);
-    *t++ = '}';
-    *t = '\0';
-    char *ids = array_literal((const char *const *)l->ids, n);
+    char *toks = store_int64_array(l->tokens, n);
+    char *ids = store_text_array((const char *const *)l->ids, n);
     const char *p[] = {ids, toks};
     int r = dsw_db_query(s->db, SQL_HEARTBEAT_BATCH, 2, p, on_leases, l);
     free(ids);
@@ -675,20 +674,20 @@ static void on_summary(int status, const struct dsw_db_result *r, void *arg)
         rows[i].state = claim_state_parse(dsw_db_result_value(r, (int)i, 1));
         rows[i].live = dsw_db_result_int64(r, (int)i, 2, &v) == 0 ? v : 0;
         rows[i].stale = dsw_db_result_int64(r, (int)i, 3, &v) == 0 ? v : 0;
+        rows[i].step = dsw_db_result_bool(r, (int)i, 4);
     }
     c->cb.summary(status, rows, n, c->arg);
     free(rows);
-    call_free(c);
+    store_call_free(c);
 }
 
 int dsw_store_claims_summary(struct dsw_store *s, dsw_store_summary_cb cb, void *arg)
 {
     if (!cb)
         return -EINVAL;
-    struct call *c = call_new(s, NULL, arg);
+    struct call *c = store_call_new(s, NULL, arg);
     c->cb.summary = cb;
-    const char *p[] = {s->ttl};
-    return call_query(c, SQL_SUMMARY, 1, p, on_summary);
+    return store_ttl_query(c, SQL_SUMMARY, on_summary);
 }
 
 static void on_sweep(int status, const struct dsw_db_result *r, void *arg)
@@ -703,11 +702,11 @@ static void on_sweep(int status, const struct dsw_db_result *r, void *arg)
         items[i].job_name = dsw_db_result_value(r, row, 2);
         items[i].prev_state = claim_state_parse(dsw_db_result_value(r, row, 3));
         items[i].prev_worker_id = dsw_db_result_value(r, row, 4);
-        read_claim(c->s, r, row, 5, &items[i].claim);
+        store_read_claim(c->s, r, row, 5, &items[i].claim);
     }
     c->cb.sweep(status, items, n, c->arg);
     free(items);
-    call_free(c);
+    store_call_free(c);
 }
 
 int dsw_store_sweep(struct dsw_store *s, int limit, dsw_store_sweep_cb cb, void *arg)
@@ -716,10 +715,10 @@ int dsw_store_sweep(struct dsw_store *s, int limit, dsw_store_sweep_cb cb, void 
     if (limit < 1 || limit > SWEEP_MAX || !cb)
         return -EINVAL;
     snprintf(lim, sizeof(lim), "%d", limit);
-    struct call *c = call_new(s, NULL, arg);
+    struct call *c = store_call_new(s, NULL, arg);
     c->cb.sweep = cb;
     const char *p[] = {s->worker_id, s->ttl, lim};
-    return call_query(c, SQL_SWEEP, 3, p, on_sweep);
+    return store_call_query(c, SQL_SWEEP, 3, p, on_sweep);
 }
 
 /* ---- transactions: a step machine per write ------------------------------------------------ */
@@ -1400,7 +1399,7 @@ static int launch_one_send(struct op *o, const char *seen_status)
     char *body = NULL;
     int r = -EINVAL;
     if (ev && dsw_dagster_body_update(o->body, seen_status, o->tags, o->ntags, &body) == 0) {
-        char *k = array_literal(keys, o->ntags), *v = array_literal(vals, o->ntags);
+        char *k = store_text_array(keys, o->ntags), *v = store_text_array(vals, o->ntags);
         const char *p[] = {o->run_id, o->token, pid,          seen_status, o->body, o->job_name,
                            body,      ev,       o->now_naive, k,           v};
         o->fn = launch_step;
@@ -1538,9 +1537,10 @@ static void schema_decide(struct op *o)
         op_fail(o, 0);
         return;
     }
-    /* Version 1 is the only migration so far; later ones append to this chain. */
     o->mig = 0;
-    op_q(o, V_MIGRATE, migration_v1[0], 0, NULL);
+    while (migrations[o->mig].version <= found)
+        o->mig++;
+    op_q(o, V_MIGRATE, migrations[o->mig].sql, 0, NULL);
 }
 
 static void schema_step(struct op *o, const struct dsw_db_result *r)
@@ -1565,12 +1565,12 @@ static void schema_step(struct op *o, const struct dsw_db_result *r)
             schema_decide(o);
         return;
     case V_VERSION:
-        o->schema.found = (int)col_i64(r, 0, 0);
+        o->schema.found = (int)store_col_i64(r, 0, 0);
         schema_decide(o);
         return;
     case V_MIGRATE:
-        if (++o->mig < DSW_ARRAY_LEN(migration_v1)) {
-            op_q(o, V_MIGRATE, migration_v1[o->mig], 0, NULL);
+        if (++o->mig < DSW_ARRAY_LEN(migrations)) {
+            op_q(o, V_MIGRATE, migrations[o->mig].sql, 0, NULL);
             return;
         }
         snprintf(v, sizeof(v), "%d", o->schema.wanted);

@@ -23,7 +23,7 @@
 #include <stdint.h>
 
 /* The version of the dagster_sqs_worker schema this build writes and requires. */
-#define DSW_STORE_SCHEMA_VERSION 1
+#define DSW_STORE_SCHEMA_VERSION 2
 
 /* runs.status values (Dagster's PipelineRunStatus). */
 enum dsw_store_status {
@@ -70,12 +70,14 @@ int dsw_store_new(struct dsw_db *db, const struct dsw_store_opts *opts,
  * that fires the pending ones with -ECANCELED). */
 void dsw_store_free(struct dsw_store *s);
 
-/* A claim row as read from the database; ages by the database clock. */
+/* A claim row (run_claims, or step_claims for the step functions) as read from the database;
+ * ages by the database clock. */
 struct dsw_store_claim {
     enum dsw_store_claim_state state; /* DSW_CLAIM_NONE: no row, nothing else is set */
     int64_t token;                    /* fencing token */
-    int attempt;                      /* 1 at the first claim, +1 at every takeover or sweep */
-    const char *kind;                 /* "execute" | "resume" */
+    int attempt;                      /* 1 at the first claim, +1 at every takeover or sweep;
+                                         a step claim's: the step's attempt (its key) */
+    const char *kind;                 /* "execute" | "resume"; "step" for a step claim */
     const char *worker_id;            /* the owner */
     const char *message_id;           /* may be NULL */
     int receive_count;                /* 0 when unknown */
@@ -96,9 +98,10 @@ struct dsw_store_schema {
 typedef void (*dsw_store_schema_cb)(int status, const struct dsw_store_schema *res, void *arg);
 
 /* db-init: create or upgrade the dagster_sqs_worker schema (schema, fence sequence, run_claims,
- * schema_version) in one transaction under an advisory lock, so concurrent runs are safe and a
- * repeated run changes nothing. Never touches Dagster's tables. cb status 0 (res->found is the
- * version before), -EPROTO when the database already holds a newer version, or a db error. */
+ * schema_version; version 2 adds step_claims) in one transaction under an advisory lock, so
+ * concurrent runs are safe and a repeated run changes nothing. Never touches Dagster's tables. cb
+ * status 0 (res->found is the version before), -EPROTO when the database already holds a newer
+ * version, or a db error. */
 int dsw_store_db_init(struct dsw_store *s, dsw_store_schema_cb cb, void *arg) DSW_WUR;
 /* The start-up check of `run`: 0 when the schema is at DSW_STORE_SCHEMA_VERSION; -ENOENT when
  * it is missing, -EPROTO when it is older (run db-init) or newer (upgrade the daemon); res says
@@ -162,7 +165,9 @@ int dsw_store_takeover(struct dsw_store *s, const struct dsw_store_claim_req *re
 
 typedef void (*dsw_store_cb)(int status, void *arg);
 /* Refresh the lease: heartbeat_at = now() where run_id and token match and not done. cb status
- * 0, -ESTALE (the lease is lost: kill the child and record nothing), or a db error. */
+ * 0, -ESTALE (the lease is lost: kill the child and record nothing), or a db error. The token
+ * may be a run claim's or a step claim's (run_id: the step's run): both tables are refreshed in
+ * one statement (tokens come from one sequence: a token is in one table at most). */
 int dsw_store_heartbeat(struct dsw_store *s, const char *run_id, int64_t token, dsw_store_cb cb,
                         void *arg) DSW_WUR;
 
@@ -176,8 +181,9 @@ struct dsw_store_lease {
  * for every lease (kept NULL). */
 typedef void (*dsw_store_leases_cb)(int status, const int *kept, size_t n, void *arg);
 /* dsw_store_heartbeat for up to 1000 leases in one statement (UPDATE .. FROM
- * unnest($1::text[], $2::bigint[])): the same fence per row. leases is copied. 0 or -EINVAL
- * (n == 0 or > 1000, a NULL run_id). */
+ * unnest($1::text[], $2::bigint[]) on run_claims and step_claims): the same fence per row; run
+ * and step leases may be mixed. leases is copied. 0 or -EINVAL (n == 0 or > 1000, a NULL
+ * run_id). */
 int dsw_store_heartbeat_batch(struct dsw_store *s, const struct dsw_store_lease *leases, size_t n,
                               dsw_store_leases_cb cb, void *arg) DSW_WUR;
 
@@ -212,13 +218,14 @@ typedef void (*dsw_store_sweep_cb)(int status, const struct dsw_store_swept *ite
  * (dsw_store_record_outcome, or hand it to a resume). 0 or -EINVAL. */
 int dsw_store_sweep(struct dsw_store *s, int limit, dsw_store_sweep_cb cb, void *arg) DSW_WUR;
 
-/* Unfinished claims per owner and state, for `status`: live (heartbeat younger than ttl) and
- * stale counts. At most 1000 rows. */
+/* Unfinished claims per owner, table and state, for `status`: live (heartbeat younger than ttl)
+ * and stale counts; run claims first, then step claims, per owner. At most 1000 rows. */
 struct dsw_store_summary_row {
     const char *worker_id;
     enum dsw_store_claim_state state;
     int64_t live;
     int64_t stale;
+    bool step; /* step claims (step_claims), else run claims */
 };
 typedef void (*dsw_store_summary_cb)(int status, const struct dsw_store_summary_row *rows, size_t n,
                                      void *arg);
@@ -334,5 +341,61 @@ int dsw_store_record_outcome(struct dsw_store *s, const struct dsw_store_outcome
  * when the run was in any other status: nothing written), -ENOENT, or a db error. */
 int dsw_store_mark_starting(struct dsw_store *s, const char *run_id, dsw_store_record_cb cb,
                             void *arg) DSW_WUR;
+
+/* ---- step claims (STEPS.md §3): one row per (run id, step key, attempt) ----------------------
+ * Fenced by a token from the same sequence as run claims, aged by the database clock, and
+ * refreshed by dsw_store_heartbeat / dsw_store_heartbeat_batch. A step key is 1..255 bytes;
+ * attempt >= 1; anything else is -EINVAL. */
+
+struct dsw_store_step_key {
+    const char *run_id;
+    const char *step_key;
+    int attempt;
+};
+/* The run (status, job name, body, max runtime as dsw_store_load) with the STEP's claim in
+ * run->claim (kind "step"; NONE when no row), one statement. Same cb/statuses as dsw_store_load. */
+int dsw_store_step_load(struct dsw_store *s, const struct dsw_store_step_key *k,
+                        dsw_store_load_cb cb, void *arg) DSW_WUR;
+struct dsw_store_step_claim_req {
+    struct dsw_store_step_key key;
+    const char *message_id; /* may be NULL */
+    int receive_count;
+};
+/* INSERT .. ON CONFLICT DO NOTHING with a token from the fence sequence. cb 0: won (claim
+ * CLAIMED with token); -EEXIST: claim describes the row; else a db error (claim NULL). */
+int dsw_store_step_claim(struct dsw_store *s, const struct dsw_store_step_claim_req *req,
+                         dsw_store_claim_cb cb, void *arg) DSW_WUR;
+/* Close a step claim without a child: seen_token != 0: CAS state done + outcome + finished_at
+ * where the key and token match, not done and the heartbeat is stale (older than ttl);
+ * seen_token == 0: insert a done row (new token, this worker, outcome) ON CONFLICT DO NOTHING.
+ * cb 0, -ESTALE (nothing changed), or a db error. req->message_id/receive_count are stored. */
+int dsw_store_step_close(struct dsw_store *s, const struct dsw_store_step_claim_req *req,
+                         int64_t seen_token, const char *outcome, dsw_store_cb cb,
+                         void *arg) DSW_WUR;
+/* At spawn: state running, child_pid, heartbeat now, where token matches and not done. cb 0,
+ * -ESTALE, or a db error. */
+int dsw_store_step_launch(struct dsw_store *s, int64_t token, int child_pid, dsw_store_cb cb,
+                          void *arg) DSW_WUR;
+struct dsw_store_step_exit {
+    int64_t token;
+    int exit_code;       /* when term_signal == 0 */
+    int term_signal;     /* 0 when it exited */
+    const char *outcome; /* NULL: "exited" or "signaled" */
+};
+/* The child's end: state done, exit_code, term_signal, outcome, finished_at in one fenced
+ * UPDATE (token matches, not done). cb 0, -ESTALE, or a db error. */
+int dsw_store_step_exit(struct dsw_store *s, const struct dsw_store_step_exit *x, dsw_store_cb cb,
+                        void *arg) DSW_WUR;
+/* Give a not-started step claim up (drain before spawn): delete where token and not done. */
+int dsw_store_step_release(struct dsw_store *s, int64_t token, dsw_store_cb cb, void *arg) DSW_WUR;
+/* Which of tokens (1..1000, copied) belong to not-done step claims whose stop_requested_at is
+ * set: cb status 0 with those tokens (borrowed), or a db error. */
+typedef void (*dsw_store_stops_cb)(int status, const int64_t *tokens, size_t n, void *arg);
+int dsw_store_step_stops(struct dsw_store *s, const int64_t *tokens, size_t n,
+                         dsw_store_stops_cb cb, void *arg) DSW_WUR;
+/* The sweeper's step part: every not-done step claim whose heartbeat is older than ttl becomes
+ * done, outcome "lost", in one statement; cb status 0 with how many. */
+typedef void (*dsw_store_count_cb)(int status, int64_t n, void *arg);
+int dsw_store_step_sweep(struct dsw_store *s, dsw_store_count_cb cb, void *arg) DSW_WUR;
 
 #endif
