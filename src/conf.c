@@ -157,6 +157,16 @@ static const struct key keys[] = {
      .reloadable = true,
      .help = "Run slots; 0 = number of CPUs. Reloadable with SIGHUP."},
     {.section = "runs",
+     .name = "step_slots",
+     .type = T_INT,
+     .off = OFF(runs.step_slots),
+     .def = "0",
+     .min = 0,
+     .max = 4095,
+     .reloadable = true,
+     .help = "Slots only steps (execute_step) may take: run workers take at most "
+             "max_concurrent - step_slots. Reloadable with SIGHUP."},
+    {.section = "runs",
      .name = "command",
      .type = T_STR,
      .off = OFF(runs.command),
@@ -959,6 +969,11 @@ static int validate(struct dsw_conf *c, const char *where, char *err)
     if (c->runs.max_concurrent == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         c->runs.max_concurrent = n > 0 ? n : 1;
+    }
+    if (c->runs.step_slots >= c->runs.max_concurrent) {
+        fmt_err(err, where, find_key("runs", "step_slots"),
+                "must be below runs.max_concurrent (run workers need a slot)");
+        return -EINVAL;
     }
     return 0;
 }

@@ -27,7 +27,8 @@ struct dsw_execution {
     int receive_count;
     const char *seen_status, *seen_body; /* the first launch record's hints (during start) */
     int64_t token;
-    bool warm; /* a warm runner took the run */
+    char *step_key; /* a step's key (execute_step), NULL for a run */
+    bool warm;      /* a warm runner took the run */
     dsw_execution_done_cb done;
     void *arg;
     uv_timer_t retry; /* launch and exit record retries; freed on close */
@@ -40,6 +41,7 @@ struct dsw_execution {
     bool external;          /* the run was made SUCCESS / FAILURE by someone else */
     uint64_t terminal_seen; /* when a poll first found it terminal (0: not yet) */
     bool drained;
+    bool stopped; /* a step whose stop was requested (stop_requested_at) */
     bool lease_lost;
     bool proc_closing; /* dsw_proc_close was called: exactly once per child */
     bool proc_closed;  /* and it finished */
@@ -48,8 +50,11 @@ struct dsw_execution {
 };
 
 #define ctx_of(e, ev)                                                                              \
-    ((struct dsw_log_ctx){                                                                         \
-        .event = (ev), .run_id = (e)->run_id, .message_id = (e)->message_id, .duration_ms = -1})
+    ((struct dsw_log_ctx){.event = (ev),                                                           \
+                          .run_id = (e)->run_id,                                                   \
+                          .message_id = (e)->message_id,                                           \
+                          .step_key = (e)->step_key,                                               \
+                          .duration_ms = -1})
 #define elog(level, e, event, ...) dsw_log((level), &ctx_of((e), (event)), __VA_ARGS__)
 
 /* ---- lifetime ------------------------------------------------------------------------------ */
@@ -59,6 +64,7 @@ static void on_closed(uv_handle_t *h)
     struct dsw_execution *e = h->data;
     free(e->message_id);
     free(e->job_name);
+    free(e->step_key);
     free(e);
 }
 
@@ -129,9 +135,41 @@ static const char *exit_outcome(const struct dsw_execution *e, char *cause, size
     return NULL;
 }
 
+static void on_step_recorded(int status, void *arg)
+{
+    on_recorded(status, NULL, arg);
+}
+
+/* A step's claim outcome (NULL: "exited" or "signaled"); no run status, no event: the step
+ * writes its own, and the run worker's executor reads the claim (check_step_health). */
+static const char *step_outcome(const struct dsw_execution *e)
+{
+    if (e->exit.killed == DSW_PROC_TIMEOUT)
+        return "timeout";
+    if (e->stopped)
+        return "stopped";
+    if (e->cancel || e->external)
+        return "canceled";
+    return e->drained ? "drained" : NULL;
+}
+
+static void record_step_exit(struct dsw_execution *e)
+{
+    struct dsw_store_step_exit r = {.token = e->token,
+                                    .exit_code = e->exit.exit_code,
+                                    .term_signal = e->exit.term_signal,
+                                    .outcome = step_outcome(e)};
+    if (dsw_store_step_exit(e->store, &r, on_step_recorded, e))
+        backoff(e, record_exit);
+}
+
 static void record_exit(struct dsw_execution *e)
 {
     char cause[256];
+    if (e->step_key) {
+        record_step_exit(e);
+        return;
+    }
     const char *why;
     const struct dsw_proc_exit *x = &e->exit;
     struct dsw_store_exit r = {
@@ -272,7 +310,9 @@ static void record_launch(struct dsw_execution *e)
                                  .seen_status = e->seen_status,
                                  .seen_body = e->seen_body};
     e->seen_status = e->seen_body = NULL; /* retries read the run afresh */
-    if (dsw_store_record_launch(e->store, &l, on_launched, e))
+    int rc = e->step_key ? dsw_store_step_launch(e->store, e->token, l.child_pid, on_launched, e)
+                         : dsw_store_record_launch(e->store, &l, on_launched, e);
+    if (rc)
         backoff(e, record_launch);
     else
         e->launch_busy = true;
@@ -308,13 +348,20 @@ int dsw_execution_start(const struct dsw_execution_opts *o, struct dsw_execution
     e->seen_status = o->status_text;
     e->seen_body = o->launch.body;
     e->token = o->token;
+    e->step_key = o->launch.step ? dsw_xstrdup(o->launch.step->step_key) : NULL;
     e->done = o->done;
     e->arg = o->arg;
-    bool resume = o->launch.resume;
-    dsw_metrics_inc(DSW_METRIC_RUNS_STARTED, resume ? "resume" : "execute", 1);
+    const char *cmd = e->step_key        ? "execute_step"
+                      : o->launch.resume ? "resume_run"
+                                         : "execute_run";
+    dsw_metrics_inc(DSW_METRIC_RUNS_STARTED,
+                    e->step_key        ? "step"
+                    : o->launch.resume ? "resume"
+                                       : "execute",
+                    1);
     dsw_metrics_add(DSW_METRIC_RUNS_IN_FLIGHT, 1);
-    elog(DSW_LOG_INFO, e, "spawn", "run worker started (pid %d, %s, %s)", dsw_proc_pid(e->proc),
-         resume ? "resume_run" : "execute_run", e->warm ? "warm" : "cold");
+    elog(DSW_LOG_INFO, e, "spawn", "%s worker started (pid %d, %s, %s)",
+         e->step_key ? "step" : "run", dsw_proc_pid(e->proc), cmd, e->warm ? "warm" : "cold");
     record_launch(e);
     *out = e;
     return 0;
@@ -374,7 +421,7 @@ void dsw_execution_heartbeat(struct dsw_execution *e)
  * flushing) is not stopped. */
 static bool terminal_elsewhere(struct dsw_execution *e, const struct dsw_store_status_row *row)
 {
-    if (row->by_run_worker) {
+    if (row->by_run_worker && !e->step_key) { /* a step outliving its run is stopped anyway */
         e->terminal_seen = 0;
         return false;
     }
@@ -401,13 +448,33 @@ void dsw_execution_status(struct dsw_execution *e, const struct dsw_store_status
             return;
         e->external = true;
         elog(DSW_LOG_WARN, e, "terminal_elsewhere",
-             "run was made %s outside its run worker: terminating the run worker (its outcome "
-             "is kept)",
-             dsw_store_status_name(status));
+             "run was made %s %s: terminating the %s worker (its outcome is kept)",
+             dsw_store_status_name(status),
+             e->step_key ? "while the step ran" : "outside its run worker",
+             e->step_key ? "step" : "run");
     } else {
         e->terminal_seen = 0;
         return;
     }
+    dsw_proc_terminate(e->proc, DSW_PROC_TERMINATE);
+}
+
+bool dsw_execution_step_token(const struct dsw_execution *e, int64_t *token)
+{
+    if (!e->step_key || !dsw_execution_watching(e) || e->stopped)
+        return false;
+    *token = e->token;
+    return true;
+}
+
+void dsw_execution_stop(struct dsw_execution *e)
+{
+    if (!e->proc || !e->step_key || e->stopped)
+        return;
+    e->stopped = true;
+    elog(DSW_LOG_INFO, e, "stop",
+         "stop requested by the run's executor: terminating the step "
+         "worker");
     dsw_proc_terminate(e->proc, DSW_PROC_TERMINATE);
 }
 

@@ -24,6 +24,7 @@ struct dsw_heartbeat {
     int visibility_batches; /* ChangeMessageVisibilityBatch calls in flight */
     int lease_batches;      /* lease refreshes in flight */
     bool polling;           /* a status poll is in flight */
+    bool polling_stops;     /* a poll of the steps' stop requests is in flight */
     bool closing;
 };
 
@@ -34,7 +35,7 @@ struct dsw_heartbeat {
 static void maybe_free(struct dsw_heartbeat *hb)
 {
     if (hb->closing && hb->open == 0 && hb->visibility_batches == 0 && hb->lease_batches == 0 &&
-        !hb->polling)
+        !hb->polling && !hb->polling_stops)
         free(hb);
 }
 
@@ -178,12 +179,45 @@ static void on_polled(int status, const struct dsw_store_status_row *rows, size_
     maybe_free(hb);
 }
 
+static void on_stops(int status, const int64_t *tokens, size_t n, void *arg)
+{
+    struct dsw_heartbeat *hb = arg;
+    hb->polling_stops = false;
+    for (size_t i = 0; status == 0 && !hb->closing && i < n; i++) {
+        foreach_pipeline(p, hb->env)
+        {
+            int64_t token;
+            if (dsw_pipeline_step_token(p, &token) && token == tokens[i])
+                dsw_pipeline_stop(p);
+        }
+    }
+    maybe_free(hb);
+}
+
+/* The stop requests of every step a child is executing, in one statement (none without
+ * steps). */
+static void poll_stops(struct dsw_heartbeat *hb)
+{
+    int64_t tokens[1000];
+    size_t n = 0;
+    if (hb->polling_stops)
+        return;
+    foreach_pipeline(p, hb->env)
+    {
+        if (n < DSW_ARRAY_LEN(tokens) && dsw_pipeline_step_token(p, &tokens[n]))
+            n++;
+    }
+    if (n && dsw_store_step_stops(hb->env->cl->store, tokens, n, on_stops, hb) == 0)
+        hb->polling_stops = true;
+}
+
 /* The status of every run a child is executing, in one statement. */
 static void on_poll_timer(uv_timer_t *t)
 {
     struct dsw_heartbeat *hb = t->data;
     const char *ids[1000];
     size_t n = 0;
+    poll_stops(hb);
     if (hb->polling)
         return;
     foreach_pipeline(p, hb->env)

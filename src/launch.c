@@ -97,9 +97,15 @@ static uint64_t run_timeout(const struct dsw_launch *l)
 }
 
 /* Hand the run to a ready warm runner: 0, or -EAGAIN (none ready or it failed: go cold). */
+/* The `dagster api` command of the launch. */
+static const char *api_command(const struct dsw_launch *l)
+{
+    return l->step ? "execute_step" : l->resume ? "resume_run" : "execute_run";
+}
+
 static int take_warm(const struct dsw_launch *l, const char *json, struct dsw_proc **out)
 {
-    const char *args[] = {"api", l->resume ? "resume_run" : "execute_run", json, NULL};
+    const char *args[] = {"api", api_command(l), json, NULL};
     struct dsw_proc_hooks h = {.timeout_ms = run_timeout(l),
                                .kill_grace_ms = (uint64_t)l->conf->runs.kill_grace_ms,
                                .on_line = l->on_line,
@@ -125,7 +131,7 @@ static int spawn_cold(uv_loop_t *loop, const struct dsw_launch *l, char **entry,
     while (argv[n])
         n++;
     argv[n++] = dsw_xstrdup("api");
-    argv[n++] = dsw_xstrdup(l->resume ? "resume_run" : "execute_run");
+    argv[n++] = dsw_xstrdup(api_command(l));
     argv[n++] = dsw_xstrdup(json);
     rc = dsw_launch_env(l->conf, &env);
     if (rc)
@@ -156,13 +162,16 @@ int dsw_launch_start(uv_loop_t *loop, const struct dsw_launch *l, struct dsw_pro
     *out = NULL;
     *warm = false;
     int rc = dsw_dagster_body_origin(l->body, &origin, &entry, &exe);
-    if (!rc)
+    if (!rc && l->step)
+        rc = dsw_dagster_step_args(l->run_id, origin, iref, l->step, &json);
+    else if (!rc)
         rc = dsw_dagster_run_args(l->run_id, origin, iref, l->resume, &json);
     if (rc) {
         rc = -EBADMSG;
         goto out;
     }
-    if (l->warm && dsw_warm_python_matches(l->warm, exe) && take_warm(l, json, out) == 0) {
+    if (l->warm && !l->step && dsw_warm_python_matches(l->warm, exe) &&
+        take_warm(l, json, out) == 0) {
         *warm = true;
         goto out;
     }

@@ -468,6 +468,7 @@ static void format_text(struct line *l, enum dsw_log_level level, const struct d
     text_kv(l, "event", c->event);
     text_kv(l, "run_id", c->run_id);
     text_kv(l, "message_id", c->message_id);
+    text_kv(l, "step_key", c->step_key);
     char num[32];
     if (c->has_exit_code) {
         snprintf(num, sizeof(num), "%d", c->exit_code);
@@ -504,6 +505,7 @@ static void format_json(struct line *l, enum dsw_log_level level, const struct d
         json_kv(l, "event", c->event);
         json_kv(l, "run_id", c->run_id);
         json_kv(l, "message_id", c->message_id);
+        json_kv(l, "step_key", c->step_key);
         if (c->has_exit_code) {
             snprintf(num, sizeof(num), ", \"exit_code\": %d", c->exit_code);
             puts_(l, num);

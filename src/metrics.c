@@ -83,9 +83,13 @@ static const struct def defs[DSW_METRIC_COUNT] = {
            "Messages left for later by a visibility change (run not launched yet, or owned)."),
     [DSW_METRIC_CLAIMS] = C1("dsw_claims_total", "result", "Run claim attempts, by result."),
     [DSW_METRIC_RUNS_STARTED] =
-        C1("dsw_runs_started_total", "kind", "Run workers spawned, by kind (execute, resume)."),
+        C1("dsw_runs_started_total", "kind",
+           "Run and step workers spawned, by kind (execute, resume, step)."),
     [DSW_METRIC_RUNS_FINISHED] =
         C1("dsw_runs_finished_total", "outcome", "Run workers finished, by recorded outcome."),
+    [DSW_METRIC_STEPS_FINISHED] =
+        C1("dsw_steps_finished_total", "outcome",
+           "Step workers finished (or step claims closed), by recorded claim outcome."),
     [DSW_METRIC_SQS_REQUESTS] =
         C2("dsw_sqs_requests_total", "op", "result", "SQS API requests, by operation and result."),
     [DSW_METRIC_DB_ERRORS] = C0("dsw_db_errors_total", "PostgreSQL errors (query or connection)."),

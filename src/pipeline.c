@@ -3,6 +3,7 @@
  * a call refused at submission continues on the next loop turn, never inside the caller. */
 #include "dsw/pipeline.h"
 
+#include "dsw/dagster.h"
 #include "dsw/execution.h"
 #include "dsw/job.h"
 #include "dsw/log.h"
@@ -39,6 +40,7 @@ struct dsw_pipeline {
     uint64_t retry_ms;
     bool failed;        /* exec mode: the body was not processed */
     bool slot_returned; /* env->done was called */
+    bool run_slot;      /* counted in env->runs_held */
     /* the message */
     bool has_message; /* false in exec mode */
     char message_id[128];
@@ -66,6 +68,7 @@ static struct dsw_log_ctx log_ctx(const struct dsw_pipeline *p, const char *even
     return (struct dsw_log_ctx){.event = event,
                                 .run_id = p->req.run_id[0] ? p->req.run_id : NULL,
                                 .message_id = p->has_message ? p->message_id : NULL,
+                                .step_key = p->req.step_key[0] ? p->req.step_key : NULL,
                                 .duration_ms = -1};
 }
 
@@ -112,6 +115,8 @@ static void give_slot_back(struct dsw_pipeline *p)
     p->slot_returned = true;
     dsw_list_remove(&p->link);
     p->env->used--;
+    if (p->run_slot)
+        p->env->runs_held--;
     p->env->done(p->failed, p->env->arg);
 }
 
@@ -297,6 +302,73 @@ static void reject(struct dsw_pipeline *p, enum dsw_msg_reason reason, const cha
     delete_message(p, "rejected");
 }
 
+/* ---- steps (STEPS: execute_step) ------------------------------------------------------- */
+
+static bool is_step(const struct dsw_pipeline *p)
+{
+    return p->req.kind == DSW_MSG_STEP;
+}
+
+static struct dsw_store_step_claim_req step_req(const struct dsw_pipeline *p)
+{
+    return (struct dsw_store_step_claim_req){.key = {.run_id = p->req.run_id,
+                                                     .step_key = p->req.step_key,
+                                                     .attempt = p->req.step_attempt},
+                                             .message_id = p->has_message ? p->message_id : NULL,
+                                             .receive_count = p->receive_count};
+}
+
+static void step_closed_again(struct dsw_pipeline *p, int status);
+
+/* A step claim closed (or the step worker's exit recorded): the message is done with. */
+static void on_step_closed(int status, void *arg)
+{
+    struct dsw_pipeline *p = arg;
+    if (status == -ESTALE) {
+        plog(DSW_LOG_WARN, p, "fenced", "the step claim changed meanwhile; leaving the message");
+        release(p);
+        return;
+    }
+    if (status) {
+        dsw_metrics_inc(DSW_METRIC_DB_ERRORS, NULL, 1);
+        plog(DSW_LOG_WARN, p, "record_retry", "could not record the step's outcome (%s); retrying",
+             strerror(-status));
+        retry(p, step_closed_again);
+        return;
+    }
+    p->token = 0;
+    dsw_metrics_inc(DSW_METRIC_STEPS_FINISHED, p->outcome ? p->outcome : "exited", 1);
+    plog(DSW_LOG_INFO, p, "recorded", "step claim closed (%s)", p->outcome ? p->outcome : "exit");
+    delete_message(p, "recorded");
+}
+
+static void step_close_refused(struct dsw_pipeline *p, int status)
+{
+    on_step_closed(status, p);
+}
+
+/* Close the step's claim with p->outcome: without a child (a stale claim: lost; too many
+ * deliveries: gave_up, a new done row) or after a failed start (spawn_failed, bad_run). */
+static void step_closed_again(struct dsw_pipeline *p, int status)
+{
+    (void)status;
+    p->state = S_RECORDING;
+    struct dsw_store *store = p->env->cl->store;
+    struct dsw_store_step_claim_req r = step_req(p);
+    struct dsw_store_step_exit x = {.token = p->token, .exit_code = -1, .outcome = p->outcome};
+    int rc = p->token
+                 ? dsw_store_step_exit(store, &x, on_step_closed, p)
+                 : dsw_store_step_close(store, &r, p->seen_token, p->outcome, on_step_closed, p);
+    if (rc)
+        schedule(p, step_close_refused, rc, 0);
+}
+
+static void step_close(struct dsw_pipeline *p, const char *outcome)
+{
+    p->outcome = outcome;
+    step_closed_again(p, 0);
+}
+
 /* ---- recording outcomes ----------------------------------------------------------------- */
 
 static void record_outcome_again(struct dsw_pipeline *p, int status);
@@ -350,6 +422,10 @@ static void record_outcome_again(struct dsw_pipeline *p, int status)
 /* An outcome without a child (lost, gave up, canceled before a start, no start possible). */
 static void record_outcome(struct dsw_pipeline *p, const char *outcome, const char *cause)
 {
+    if (is_step(p)) {
+        step_close(p, outcome);
+        return;
+    }
     p->outcome = outcome;
     dsw_strlcpy(p->cause, cause, sizeof(p->cause));
     record_outcome_again(p, 0);
@@ -363,6 +439,8 @@ static void on_executed(int status, const struct dsw_store_record_result *res, v
     p->exec = NULL;
     if (status == -ESTALE) /* the execution said why; the message is the new owner's */
         release(p);
+    else if (is_step(p))
+        on_step_closed(status, p);
     else
         on_recorded(status, res, p);
 }
@@ -370,6 +448,10 @@ static void on_executed(int status, const struct dsw_store_record_result *res, v
 static void spawn(struct dsw_pipeline *p)
 {
     struct dsw_pipeline_env *env = p->env;
+    struct dsw_dagster_step step = {.step_key = p->req.step_key,
+                                    .known_state = p->req.step_known_state,
+                                    .retry_mode = p->req.step_retry_mode,
+                                    .print_events = p->req.step_print_events};
     struct dsw_execution_opts o = {
         .loop = env->loop,
         .store = env->cl->store,
@@ -380,6 +462,7 @@ static void spawn(struct dsw_pipeline *p)
                    .instance_ref = p->req.instance_ref,
                    .resume = p->action == DSW_JOB_RESUME,
                    .max_runtime_ms = p->max_runtime_ms,
+                   .step = is_step(p) ? &step : NULL,
                    .warm = env->warm,
                    .trampoline = env->trampoline},
         .token = p->token,
@@ -445,7 +528,9 @@ static void claim(struct dsw_pipeline *p)
                                     .message_id = p->has_message ? p->message_id : NULL,
                                     .receive_count = p->receive_count};
     struct dsw_store *store = p->env->cl->store;
-    int rc = p->facts.claim == DSW_JOB_CLAIM_NONE
+    struct dsw_store_step_claim_req sr = step_req(p);
+    int rc = is_step(p) ? dsw_store_step_claim(store, &sr, on_claimed, p)
+             : p->facts.claim == DSW_JOB_CLAIM_NONE
                  ? dsw_store_claim(store, &r, on_claimed, p)
                  : dsw_store_takeover(store, &r, p->seen_token, on_claimed, p);
     if (rc)
@@ -462,7 +547,9 @@ static void on_released(int status, void *arg)
 /* Not started (draining): give the claim and the message back at once. */
 static void give_back(struct dsw_pipeline *p)
 {
-    if (dsw_store_release(p->env->cl->store, p->req.run_id, p->token, on_released, NULL))
+    struct dsw_store *store = p->env->cl->store;
+    if (is_step(p) ? dsw_store_step_release(store, p->token, on_released, NULL)
+                   : dsw_store_release(store, p->req.run_id, p->token, on_released, NULL))
         dsw_warn("could not release the claim; it will go stale");
     p->token = 0;
     release(p);
@@ -500,6 +587,21 @@ static void act(struct dsw_pipeline *p)
     }
 }
 
+/* A run about to be claimed takes one of env->run_slots (runs.step_slots keeps the rest for
+ * steps, so run workers waiting for their steps never hold every slot); false when none is
+ * left. Steps, and runs that only get an outcome recorded, take none. */
+static bool take_run_slot(struct dsw_pipeline *p)
+{
+    struct dsw_pipeline_env *env = p->env;
+    if (is_step(p) || (p->action != DSW_JOB_EXECUTE && p->action != DSW_JOB_RESUME))
+        return true;
+    if (env->runs_held >= env->run_slots)
+        return false;
+    p->run_slot = true;
+    env->runs_held++;
+    return true;
+}
+
 /* Carry out the decision: the rows that need no claim end here, the others claim first. */
 static void carry_out(struct dsw_pipeline *p)
 {
@@ -516,6 +618,12 @@ static void carry_out(struct dsw_pipeline *p)
         set_visibility(p, sqs_seconds(conf->claims.ttl_ms), "deferred_owned");
     else if (p->action == DSW_JOB_DEFER_QUEUED)
         set_visibility(p, sqs_seconds(conf->runs.requeue_delay_ms), "deferred_queued");
+    else if (is_step(p) && p->action == DSW_JOB_RECORD_LOST)
+        step_close(p, "lost"); /* a CAS on the stale claim: the executor reports it unhealthy */
+    else if (is_step(p) && p->action == DSW_JOB_RECORD_GIVE_UP)
+        step_close(p, "gave_up");
+    else if (!take_run_slot(p))
+        set_visibility(p, sqs_seconds(conf->runs.requeue_delay_ms), "deferred_step_slots");
     else
         claim(p);
 }
@@ -577,8 +685,9 @@ static void on_loaded(int status, const struct dsw_store_run *run, void *arg)
     p->max_runtime_ms = run->max_runtime_ms;
     p->seen_token = run->claim.token;
     p->facts = facts_of(p, run);
-    p->action = dsw_job_decide(&p->facts);
-    plog(DSW_LOG_INFO, p, "decide", "run %s, claim %s: %s", p->facts.status,
+    p->action = is_step(p) ? dsw_job_decide_step(&p->facts) : dsw_job_decide(&p->facts);
+    plog(DSW_LOG_INFO, p, "decide", "run %s, %sclaim %s: %s", p->facts.status,
+         is_step(p) ? "step " : "",
          (const char *const[]){"none", "live", "stale", "done"}[p->facts.claim],
          dsw_job_action_name(p->action));
     if (p->env->draining && p->action != DSW_JOB_DELETE_TERMINAL &&
@@ -598,7 +707,9 @@ static void load(struct dsw_pipeline *p, int status)
 {
     (void)status;
     p->state = S_LOADING;
-    int rc = dsw_store_load(p->env->cl->store, p->req.run_id, on_loaded, p);
+    struct dsw_store_step_claim_req sr = step_req(p);
+    int rc = is_step(p) ? dsw_store_step_load(p->env->cl->store, &sr.key, on_loaded, p)
+                        : dsw_store_load(p->env->cl->store, p->req.run_id, on_loaded, p);
     if (rc)
         schedule(p, load_refused, rc, 0);
 }
@@ -716,6 +827,17 @@ void dsw_pipeline_status(struct dsw_pipeline *p, const struct dsw_store_status_r
 {
     if (p->exec)
         dsw_execution_status(p->exec, row);
+}
+
+bool dsw_pipeline_step_token(const struct dsw_pipeline *p, int64_t *token)
+{
+    return p->exec && dsw_execution_step_token(p->exec, token);
+}
+
+void dsw_pipeline_stop(struct dsw_pipeline *p)
+{
+    if (p->exec)
+        dsw_execution_stop(p->exec);
 }
 
 void dsw_pipeline_terminate(struct dsw_pipeline *p)

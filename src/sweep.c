@@ -1,5 +1,6 @@
-/* sweep: the sweeper's round. Each swept claim is closed by its own fenced write; a failure is
- * logged and left to a later round, which finds the claim stale again. */
+/* sweep: the sweeper's round. Each swept run claim is closed by its own fenced write; a failure
+ * is logged and left to a later round, which finds the claim stale again. Then the stale step
+ * claims are closed in one statement. */
 #include "dsw/sweep.h"
 
 #include "dsw/log.h"
@@ -90,13 +91,31 @@ out:
     }
 }
 
+static void round_done(struct round *r, int status)
+{
+    r->cb(status, r->arg);
+    free(r);
+}
+
+/* Step claims of dead workers are only closed ("lost"): the run's executor reads them and
+ * reports the step unhealthy; Dagster's retry policy decides what follows. */
+static void on_steps_swept(int status, int64_t n, void *arg)
+{
+    if (status == 0 && n > 0)
+        dsw_info("sweeper: %lld step claim(s) of dead workers closed as lost", (long long)n);
+    else if (status)
+        dsw_warn("sweeper: could not close stale step claims (%s); a later round retries",
+                 strerror(-status));
+    round_done(arg, status);
+}
+
 static void on_swept(int status, const struct dsw_store_swept *items, size_t n, void *arg)
 {
     struct round *r = arg;
     for (size_t i = 0; status == 0 && i < n; i++)
         close_claim(r->store, &r->policy, &items[i]);
-    r->cb(status, r->arg);
-    free(r);
+    if (status || dsw_store_step_sweep(r->store, on_steps_swept, r))
+        round_done(r, status);
 }
 
 int dsw_sweep(struct dsw_store *store, const struct dsw_sweep_policy *policy, dsw_sweep_cb cb,

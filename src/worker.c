@@ -345,6 +345,7 @@ static void reload(struct worker *w)
     }
     dsw_log_set_level((enum dsw_log_level)fresh.log.level);
     w->nslots = (int)fresh.runs.max_concurrent;
+    w->pl.run_slots = (int)(fresh.runs.max_concurrent - fresh.runs.step_slots);
     dsw_conf_free(&fresh);
     dsw_info("SIGHUP: reloaded log.level and runs.max_concurrent (%d slots)%s", w->nslots,
              w->pl.warm ? "; warm runners recycled" : "");
@@ -610,8 +611,13 @@ int dsw_worker_main(const struct dsw_conf *conf, enum dsw_worker_mode mode, cons
     w->mode = mode;
     w->exec_path = exec_path;
     w->nslots = (int)conf->runs.max_concurrent;
-    w->pl = (struct dsw_pipeline_env){
-        .loop = &w->loop, .conf = conf, .cl = &w->cl, .done = on_pipeline_done, .arg = w};
+    w->pl = (struct dsw_pipeline_env){.loop = &w->loop,
+                                      .conf = conf,
+                                      .cl = &w->cl,
+                                      .run_slots =
+                                          (int)(conf->runs.max_concurrent - conf->runs.step_slots),
+                                      .done = on_pipeline_done,
+                                      .arg = w};
     dsw_list_init(&w->pl.slots);
     w->pl.trampoline = dsw_trampoline_helper();
 #ifdef DSW_FAILPOINTS

@@ -1,7 +1,8 @@
 /* conf: the configuration, parsed from a `key = value` file with [sections] and then from the
  * environment (DSW_<SECTION>_<KEY>, plus the dagster-taskiq and AWS variables SPEC §8 names),
  * through one table of keys with types, defaults, bounds and help. The result is immutable for
- * the daemon's life, except the reloadable keys (log.level, runs.max_concurrent) on SIGHUP. */
+ * the daemon's life, except the reloadable keys (log.level, runs.max_concurrent,
+ * runs.step_slots) on SIGHUP. */
 #ifndef DSW_CONF_H
 #define DSW_CONF_H
 
@@ -55,6 +56,7 @@ struct dsw_conf {
     } claims;
     struct {
         int64_t max_concurrent;
+        int64_t step_slots; /* of max_concurrent, kept for steps: runs take the rest */
         char *command;
         char *dagster_home;
         int64_t instance_ref; /* enum dsw_instance_ref_mode */

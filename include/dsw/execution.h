@@ -4,7 +4,10 @@
  * worker's beat, stopped on cancel, on a terminal status set by someone else, on the drain
  * deadline or its timeout (SIGTERM, SIGKILL after runs.kill_grace), and its exit recorded in one
  * fenced transaction (retried) that never overwrites a terminal status. A lost lease SIGKILLs
- * the child and records nothing. */
+ * the child and records nothing. A step (launch.step, STEPS: execute_step) is the same with
+ * its own claim: the launch and the exit are one fenced step-claim update each (no run status,
+ * no event: the step writes its own), it is also stopped on request (stop_requested_at), and
+ * any terminal run status stops it; done's res is then NULL. */
 #ifndef DSW_EXECUTION_H
 #define DSW_EXECUTION_H
 
@@ -64,6 +67,13 @@ void dsw_execution_lease_result(struct dsw_execution *e, int64_t token, int stat
 
 /* The run's status as polled: see dsw_pipeline_status. */
 void dsw_execution_status(struct dsw_execution *e, const struct dsw_store_status_row *row);
+
+/* A step whose stop is worth polling (dsw_store_step_stops): true with its claim's token while
+ * the step worker runs and nothing has stopped it yet; false for runs. */
+bool dsw_execution_step_token(const struct dsw_execution *e, int64_t *token);
+/* The step's stop was requested (stop_requested_at): SIGTERM its group, SIGKILL after
+ * runs.kill_grace; outcome "stopped". Nothing for runs. */
+void dsw_execution_stop(struct dsw_execution *e);
 
 /* Terminate the child because the daemon drains (outcome "drained"). */
 void dsw_execution_terminate(struct dsw_execution *e);

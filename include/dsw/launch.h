@@ -17,6 +17,7 @@
 #include <uv.h>
 
 struct dsw_warm;
+struct dsw_dagster_step;
 
 /* One launch. Everything is borrowed and only read during dsw_launch_start. */
 struct dsw_launch {
@@ -25,9 +26,12 @@ struct dsw_launch {
     const char *body;         /* runs.run_body of the run */
     const char *instance_ref; /* the message's instance_ref JSON, or NULL */
     bool resume;              /* resume_run instead of execute_run */
-    int64_t max_runtime_ms;   /* the run's dagster/max_runtime, 0: none */
-    struct dsw_warm *warm;    /* the warm pool, or NULL */
-    const char *trampoline;   /* as dsw_proc_opts.trampoline */
+    /* A step (STEPS.md): `api execute_step <ExecuteStepArgs JSON>` for its one step key, built
+     * from the stored run as for runs; always cold. NULL: a run. */
+    const struct dsw_dagster_step *step;
+    int64_t max_runtime_ms; /* the run's dagster/max_runtime, 0: none */
+    struct dsw_warm *warm;  /* the warm pool, or NULL */
+    const char *trampoline; /* as dsw_proc_opts.trampoline */
     /* The supervisor's callbacks and arg (timeout_ms and kill_grace_ms are set here). */
     dsw_proc_line_cb on_line;
     dsw_proc_drop_cb on_drop;

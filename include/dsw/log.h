@@ -24,7 +24,8 @@ struct dsw_log_ctx {
     const char *event; /* short machine name: "claim", "child_exit", ... */
     const char *run_id;
     const char *message_id;
-    const char *err; /* error text from a library (already free of secrets) */
+    const char *step_key; /* a step's key (STEPS: execute_step), NULL for runs */
+    const char *err;      /* error text from a library (already free of secrets) */
     int has_exit_code;
     int exit_code;
     long long duration_ms; /* < 0: none */

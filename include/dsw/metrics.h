@@ -25,6 +25,7 @@ enum dsw_metric {
     DSW_METRIC_CLAIMS,            /* dsw_claims_total{result} */
     DSW_METRIC_RUNS_STARTED,      /* dsw_runs_started_total{kind} */
     DSW_METRIC_RUNS_FINISHED,     /* dsw_runs_finished_total{outcome} */
+    DSW_METRIC_STEPS_FINISHED,    /* dsw_steps_finished_total{outcome} */
     DSW_METRIC_SQS_REQUESTS,      /* dsw_sqs_requests_total{op,result} */
     DSW_METRIC_DB_ERRORS,         /* dsw_db_errors_total */
     DSW_METRIC_WARM_FAILURES,     /* dsw_warm_runner_failures_total: died or never ready */

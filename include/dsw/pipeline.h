@@ -41,9 +41,14 @@ struct dsw_pipeline_env {
     bool draining;          /* no new claim or child; received messages are released */
     dsw_pipeline_done_cb done;
     void *arg;
-    /* Kept by this module (dsw_list_init it): the pipelines holding a slot, and how many. */
+    /* Slots a run (not a step) may hold: the worker's slots less runs.step_slots, set by the
+     * worker (also on SIGHUP). A run message past it is deferred (runs.requeue_delay). */
+    int run_slots;
+    /* Kept by this module (dsw_list_init it): the pipelines holding a slot, and how many; and
+     * how many of them hold it for a run that is claimed or about to be. */
     struct dsw_list slots;
     int used;
+    int runs_held;
 };
 
 /* ---- one message -------------------------------------------------------------------------- */
@@ -96,6 +101,11 @@ bool dsw_pipeline_watching(const struct dsw_pipeline *p);
  * lingers after its own outcome is left to exit, bounded by max_runtime). */
 void dsw_pipeline_status(struct dsw_pipeline *p, const struct dsw_store_status_row *row);
 
+/* A step worker whose stop request is worth polling: true with its claim's token (see
+ * dsw_execution_step_token). */
+bool dsw_pipeline_step_token(const struct dsw_pipeline *p, int64_t *token);
+/* Its stop was requested: terminate the step worker (outcome "stopped"). */
+void dsw_pipeline_stop(struct dsw_pipeline *p);
 /* The drain deadline passed (or a second signal): terminate the child (outcome "drained"). */
 void dsw_pipeline_terminate(struct dsw_pipeline *p);
 

@@ -47,7 +47,7 @@ static void test_db_init_and_missing_schema(void **state)
     assert_non_null(strstr(out, "db-init"));
     free(out);
     assert_int_equal(cli((const char *const[]){"db-init", NULL}, &out), 0);
-    assert_non_null(strstr(out, "created at version 1"));
+    assert_non_null(strstr(out, "created at version 2"));
     free(out);
     assert_int_equal(cli((const char *const[]){"db-init", NULL}, &out), 0);
     assert_non_null(strstr(out, "nothing to do"));

@@ -171,6 +171,8 @@ static void test_errors(void **state)
     expect_error("[runs]\nmax_concurrent = -1\n", "runs.max_concurrent: '-1' is out of range");
     expect_error("[runs]\nmax_concurrent = 4097\n", "runs.max_concurrent");
     expect_error("[runs]\nmax_concurrent = 3x\n", "runs.max_concurrent: '3x' is not valid");
+    expect_error("[runs]\nmax_concurrent = 2\nstep_slots = 2\n",
+                 "runs.step_slots: must be below runs.max_concurrent");
     expect_error("[runs]\nresume = maybe\n", "runs.resume: 'maybe' is not a boolean");
     expect_error("[runs]\ninstance_ref = keep\n", "runs.instance_ref: 'keep' is not one of");
     expect_error("[runs]\nenv.1BAD = x\n", "w.conf:2: runs.env.1BAD: not a valid variable name");
@@ -364,7 +366,7 @@ static void test_every_key_env_no_warning(void **state)
     assert_int_equal(dsw_conf_load(&c, NULL, NULL, err), 0);
     dsw_conf_visit(&c, collect_env, &st);
     dsw_conf_free(&c);
-    assert_int_equal(st.n, 37);
+    assert_int_equal(st.n, 38);
     assert_int_equal(dsw_conf_load(&c, NULL, st.env, err), 0);
     for (size_t i = 0; i < c.nwarnings; i++)
         fprintf(stderr, "warning: %s\n", c.warnings[i]);
@@ -450,7 +452,7 @@ static void test_shipped_conf(void **state)
                      0);
     struct visit_state st = {.text = text};
     dsw_conf_visit(&c, visit, &st);
-    assert_int_equal(st.n, 37);
+    assert_int_equal(st.n, 38);
     dsw_conf_free(&c);
     free(text);
 }

@@ -372,12 +372,13 @@ static int setup(void **state)
 static void test_every_metric_rendered(void **state)
 {
     struct parsed *P = render_parse();
-    const char *counters[] = {"dsw_messages_received_total",    "dsw_messages_deleted_total",
-                              "dsw_messages_rejected_total",    "dsw_messages_released_total",
-                              "dsw_messages_deferred_total",    "dsw_claims_total",
-                              "dsw_runs_started_total",         "dsw_runs_finished_total",
-                              "dsw_sqs_requests_total",         "dsw_db_errors_total",
-                              "dsw_warm_runner_failures_total", "dsw_log_dropped_total"};
+    const char *counters[] = {"dsw_messages_received_total", "dsw_messages_deleted_total",
+                              "dsw_messages_rejected_total", "dsw_messages_released_total",
+                              "dsw_messages_deferred_total", "dsw_claims_total",
+                              "dsw_runs_started_total",      "dsw_runs_finished_total",
+                              "dsw_steps_finished_total",    "dsw_sqs_requests_total",
+                              "dsw_db_errors_total",         "dsw_warm_runner_failures_total",
+                              "dsw_log_dropped_total"};
     const char *gauges[] = {"dsw_runs_in_flight", "dsw_slots",
                             "dsw_draining",       "dsw_warm_runners_ready",
                             "dsw_build_info",     "process_resident_memory_bytes"};
