@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""The real-Dagster layer of the suite: tests/dagster/harness.py on every Dagster found, then
-one table of scenario x tree (outcome, wall time).
+"""The real-Dagster layer of the suite: tests/dagster/harness.py and the step scenarios
+(harness_steps.py, `--only steps` for all of them) on every Dagster found, then one table of
+scenario x tree (outcome, wall time).
 
 Where Dagster comes from, first match wins:
   DSW_DAGSTER_SRC=TREE[:TREE...]  Dagster source trees (python_modules/dagster, ...)
@@ -149,23 +150,31 @@ def main():
             out = os.path.join(work, "result-%d.json" % n)
             env = dict(env, DSW_TEST_PG_CONNINFO=base_pg,
                        DSW_TEST_MOTO_URL=os.environ["DSW_TEST_MOTO_URL"])
-            argv = [py, os.path.join(HERE, "harness.py"), "--build", build, "--db", db,
+            argv = [py, "--build", build, "--db", db,
                     "--work", os.path.join(work, "tree-%d" % n), "--out", out, "--tree", label]
             if opt.only:
                 argv += ["--only", opt.only]
             t0 = time.time()
-            try:
-                rc = subprocess.run(argv, env=env, timeout=TREE_TIMEOUT).returncode
-            except subprocess.TimeoutExpired:
-                rc = "timeout after %d s" % TREE_TIMEOUT
-            if rc != 0 or not os.path.exists(out):
-                broken.append("%s: the harness ended with %s" % (label, rc))
-            if os.path.exists(out):
-                with open(out) as f:
-                    res = json.load(f)
-                results[label] = {r["scenario"]: r for r in res["results"]}
+            # harness.py, then the step scenarios (harness_steps.py, same arguments).
+            for script, suffix in (("harness.py", ""), ("harness_steps.py", "-steps")):
+                run_argv = argv[:1] + [os.path.join(HERE, script)] + argv[1:]
+                run_argv[run_argv.index("--out") + 1] = out + suffix
+                run_argv[run_argv.index("--work") + 1] += suffix
+                try:
+                    rc = subprocess.run(run_argv, env=env, timeout=TREE_TIMEOUT).returncode
+                except subprocess.TimeoutExpired:
+                    rc = "timeout after %d s" % TREE_TIMEOUT
+                if rc != 0 or not os.path.exists(out + suffix):
+                    broken.append("%s: %s ended with %s" % (label, script, rc))
+                if os.path.exists(out + suffix):
+                    with open(out + suffix) as f:
+                        res = json.load(f)
+                    results.setdefault(label, {}).update(
+                        {r["scenario"]: r for r in res["results"]})
+                    if res["version"] != "?":  # "?": no step scenario selected
+                        results[label]["__version"] = res["version"]
+            if label in results:
                 results[label]["__total"] = time.time() - t0
-                results[label]["__version"] = res["version"]
             subprocess.run(["psql", "-X", base_pg, "-qAt", "-c",
                             "DROP DATABASE IF EXISTS %s WITH (FORCE)" % db])
     finally:
