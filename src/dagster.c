@@ -663,26 +663,89 @@ int dsw_dagster_body_tag(const char *run_body, const char *key, char **out)
     return rc;
 }
 
+/* json (may be NULL: null) parsed as an object, or null; NULL when it is neither. */
+static json_t *object_or_null(const char *json)
+{
+    json_t *v = json ? json_loads(json, LOAD_FLAGS, NULL) : json_null();
+    if (!json_is_object(v) && !json_is_null(v)) {
+        json_decref(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* A new object of class cls with the members every *Args class of the child has, in sorted
+ * order: instance_ref (instance_ref_json; NULL writes null), between_key = between (taken; left
+ * out when between_key is NULL), pipeline_origin and pipeline_run_id. NULL on bad arguments. */
+static json_t *child_args(const char *cls, const char *run_id, const char *origin_json,
+                          const char *instance_ref_json, const char *between_key, json_t *between)
+{
+    int bad = 0;
+    json_t *origin = origin_json ? json_loads(origin_json, LOAD_FLAGS, NULL) : NULL;
+    json_t *ref = object_or_null(instance_ref_json);
+    if (!run_id || !json_is_object(origin) || !ref) {
+        json_decref(origin);
+        json_decref(ref);
+        json_decref(between);
+        return NULL;
+    }
+    json_t *args = klass(cls, &bad);
+    set(args, "instance_ref", ref, &bad);
+    if (between_key)
+        set(args, between_key, between, &bad);
+    set(args, "pipeline_origin", origin, &bad);
+    set(args, "pipeline_run_id", json_string(run_id), &bad);
+    if (bad) {
+        json_decref(args);
+        return NULL;
+    }
+    return args;
+}
+
+/* args written with sort (its members are already in sorted order), taken; 0 or -EINVAL. */
+static int finish_args(json_t *args, int bad, int sort, char **out)
+{
+    *out = args && !bad ? write_json(args, sort) : NULL;
+    json_decref(args);
+    return *out ? 0 : -EINVAL;
+}
+
 int dsw_dagster_run_args(const char *run_id, const char *origin_json, const char *instance_ref_json,
                          int resume, char **out)
 {
-    *out = NULL;
     int bad = 0;
-    json_t *origin = origin_json ? json_loads(origin_json, LOAD_FLAGS, NULL) : NULL;
-    json_t *ref = instance_ref_json ? json_loads(instance_ref_json, LOAD_FLAGS, NULL) : json_null();
-    if (!run_id || !json_is_object(origin) || !(json_is_object(ref) || json_is_null(ref))) {
-        json_decref(origin);
-        json_decref(ref);
+    /* Members in sorted order; the embedded origin and ref keep theirs. */
+    json_t *args = child_args(resume ? "ResumeRunArgs" : "ExecuteRunArgs", run_id, origin_json,
+                              instance_ref_json, NULL, NULL);
+    set(args, "set_exit_code_on_failure", json_true(), &bad);
+    return finish_args(args, bad, 0, out);
+}
+
+int dsw_dagster_step_args(const char *run_id, const char *origin_json,
+                          const char *instance_ref_json, const struct dsw_dagster_step *step,
+                          char **out)
+{
+    int bad = 0;
+    json_t *state = step ? object_or_null(step->known_state) : NULL;
+    json_t *mode = step ? object_or_null(step->retry_mode) : NULL;
+    *out = NULL;
+    if (!step || !step->step_key || !*step->step_key || !state || !mode) {
+        json_decref(state);
+        json_decref(mode);
         return -EINVAL;
     }
-    /* Members in sorted order; the embedded origin and ref keep theirs. */
-    json_t *args = klass(resume ? "ResumeRunArgs" : "ExecuteRunArgs", &bad);
-    set(args, "instance_ref", ref, &bad);
-    set(args, "pipeline_origin", origin, &bad);
-    set(args, "pipeline_run_id", json_string(run_id), &bad);
-    set(args, "set_exit_code_on_failure", json_true(), &bad);
-    if (!bad)
-        *out = write_json(args, 0);
-    json_decref(args);
-    return *out ? 0 : -EINVAL;
+    json_t *args =
+        child_args("ExecuteStepArgs", run_id, origin_json, instance_ref_json, "known_state", state);
+    if (step->print_events >= 0)
+        set(args, "print_serialized_events", json_boolean(step->print_events), &bad);
+    set(args, "retry_mode", mode, &bad);
+    set(args, "should_verify_step", json_true(), &bad);
+    json_t *keys = json_array();
+    if (!keys || json_array_append_new(keys, json_string(step->step_key)) != 0)
+        bad = 1;
+    set(args, "step_keys_to_execute", keys, &bad);
+    /* Every object sorted, as serialize_value writes it (json.dumps sort_keys=True): the child
+     * gets exactly what Dagster itself would write for these args, whatever the order of the
+     * message's known_state (a Celery message's pack_value keeps field order). */
+    return finish_args(args, bad, 1, out);
 }

@@ -1,6 +1,7 @@
 /* job: the SPEC §4 decision table as a pure function. Rows are tried in order; the only
  * deviation from the table's literal order is that the give-up row (too many deliveries) is
- * tried before the rows that would spawn, as its purpose requires. */
+ * tried before the rows that would spawn, as its purpose requires. dsw_job_decide_step is the
+ * STEPS.md §5 table for a step message, in its literal order. */
 #include "dsw/job.h"
 
 #include <string.h>
@@ -48,6 +49,26 @@ enum dsw_job_action dsw_job_decide(const struct dsw_job_facts *f)
     if (f->resume_enabled && f->resumes_done < f->max_resumes)
         return DSW_JOB_RESUME;
     return DSW_JOB_RECORD_LOST;
+}
+
+enum dsw_job_action dsw_job_decide_step(const struct dsw_job_facts *f)
+{
+    /* A step never runs unless its run is running: CANCELING stops steps (run_not_running). */
+    if (dsw_job_status_terminal(f->status) || is(f->status, "CANCELING"))
+        return DSW_JOB_DELETE_TERMINAL;
+    if (!is(f->status, "STARTED"))
+        return DSW_JOB_DELETE_UNEXPECTED;
+    switch (f->claim) {
+    case DSW_JOB_CLAIM_DONE: /* this attempt already ran */
+        return DSW_JOB_DELETE_DUPLICATE;
+    case DSW_JOB_CLAIM_LIVE:
+        return f->claim_same_message ? DSW_JOB_DEFER_OWNED : DSW_JOB_DELETE_DUPLICATE;
+    case DSW_JOB_CLAIM_STALE: /* its worker died: the executor's retry policy decides */
+        return DSW_JOB_RECORD_LOST;
+    case DSW_JOB_CLAIM_NONE:
+        break;
+    }
+    return f->receive_count > f->max_receives ? DSW_JOB_RECORD_GIVE_UP : DSW_JOB_EXECUTE;
 }
 
 const char *dsw_job_action_name(enum dsw_job_action a)

@@ -1,4 +1,5 @@
-/* msg: SQS message body -> validated run request or reject reason (SPEC §1). Pure: jansson
+/* msg: SQS message body -> validated run or step request, or a reject reason (SPEC §1,
+ * STEPS.md §1). Pure: jansson
  * parses with JSON_REJECT_DUPLICATES after the size check, every member is type-checked, class
  * names and run ids are matched exactly. Reject details are built from fixed text and numbers
  * only, so no byte of a (secret) body can reach a log line through them. */
@@ -16,12 +17,14 @@
 
 #define EXECUTE_CLASS "ExecuteRunArgs"
 #define RESUME_CLASS  "ResumeRunArgs"
+#define STEP_CLASS    "ExecuteStepArgs"
 #define ORIGIN_CLASS  "PipelinePythonOrigin"
 #define IREF_CLASS    "InstanceRef"
+#define STATE_CLASS   "KnownExecutionState"
 #define S3_ATTR       "s3_extended_message"
 
-/* What the task name promised: a kind, or either (bare serdes picks by class). */
-enum expect { EXPECT_EXECUTE, EXPECT_RESUME, EXPECT_ANY };
+/* What the task name promised: a kind, or any (bare serdes picks by class). */
+enum expect { EXPECT_EXECUTE, EXPECT_RESUME, EXPECT_STEP, EXPECT_ANY };
 
 struct ctx {
     const struct dsw_msg_opts *opts;
@@ -63,7 +66,7 @@ int dsw_msg_reason_parse(const char *name, enum dsw_msg_reason *out)
 
 const char *dsw_msg_kind_name(enum dsw_msg_kind kind)
 {
-    return kind == DSW_MSG_RESUME ? "resume" : "execute";
+    return kind == DSW_MSG_RESUME ? "resume" : kind == DSW_MSG_STEP ? "step" : "execute";
 }
 
 const char *dsw_msg_form_name(enum dsw_msg_form form)
@@ -86,6 +89,8 @@ void dsw_msg_request_clear(struct dsw_msg_request *req)
     if (!req)
         return;
     free(req->instance_ref);
+    free(req->step_known_state);
+    free(req->step_retry_mode);
     memset(req, 0, sizeof(*req));
 }
 
@@ -113,6 +118,14 @@ static int span_ok(const char *s, size_t n, const char *extra)
     return 1;
 }
 
+static int name_in(const char *s, const char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(s, names[i]) == 0)
+            return 1;
+    return 0;
+}
+
 static int run_id_valid_n(const char *s, size_t n, int strict)
 {
     if (strict) {
@@ -127,6 +140,16 @@ static int run_id_valid_n(const char *s, size_t n, int strict)
 int dsw_msg_run_id_valid(const char *run_id, int strict)
 {
     return run_id && run_id_valid_n(run_id, strlen(run_id), strict);
+}
+
+static int step_key_valid_n(const char *s, size_t n)
+{
+    return n >= 1 && n <= DSW_MSG_STEP_KEY_MAX && span_ok(s, n, "_.,[]-");
+}
+
+int dsw_msg_step_key_valid(const char *step_key)
+{
+    return step_key && step_key_valid_n(step_key, strlen(step_key));
 }
 
 /* --- JSON parsing ---------------------------------------------------------------------- */
@@ -271,35 +294,48 @@ static int take_run_id(struct ctx *c, json_t *args)
     return 0;
 }
 
-static int take_instance_ref(struct ctx *c, json_t *args)
+/* v as compact JSON in a dsw_xmalloc'd string (what names it in the abort message). */
+static char *compact(json_t *v, const char *what)
 {
-    json_t *v = json_object_get(args, "instance_ref");
-    const char *cls;
-    char *s;
+    char *s = json_dumps(v, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_ENCODE_ANY), *out;
+
+    if (!s) {
+        fprintf(stderr, "dsw_msg: out of memory serializing %s\n", what);
+        abort();
+    }
+    out = dsw_xstrdup(s);
+    free(s);
+    return out;
+}
+
+/* A member that is absent/null (*out NULL) or an object of class cls (*out compact JSON). */
+static int take_classed(struct ctx *c, json_t *args, const char *member, const char *cls,
+                        char **out)
+{
+    json_t *v = json_object_get(args, member);
+    const char *got;
 
     if (!v || json_is_null(v))
         return 0;
     if (!json_is_object(v))
-        return reject(c, DSW_MSG_BAD_ENVELOPE, "instance_ref is not an object");
-    cls = class_of(v);
-    if (!cls || strcmp(cls, IREF_CLASS) != 0)
-        return reject(c, DSW_MSG_BAD_CLASS, "instance_ref is not an " IREF_CLASS);
-    s = json_dumps(v, JSON_COMPACT | JSON_ENSURE_ASCII);
-    if (!s) {
-        fprintf(stderr, "dsw_msg: out of memory serializing instance_ref\n");
-        abort();
-    }
-    c->req->instance_ref = dsw_xstrdup(s);
-    free(s);
+        return reject(c, DSW_MSG_BAD_ENVELOPE, "%s is not an object", member);
+    got = class_of(v);
+    if (!got || strcmp(got, cls) != 0)
+        return reject(c, DSW_MSG_BAD_CLASS, "%s is not a %s", member, cls);
+    *out = compact(v, member);
     return 0;
 }
 
-/* The members besides the run id: pipeline_origin (the CLI ignores it, but it must be what a
- * launcher writes), set_exit_code_on_failure (true, false or null). */
-static int check_members(struct ctx *c, json_t *args)
+static int take_instance_ref(struct ctx *c, json_t *args)
+{
+    return take_classed(c, args, "instance_ref", IREF_CLASS, &c->req->instance_ref);
+}
+
+/* pipeline_origin: the CLI ignores it (the daemon uses the stored run's), but it must be what
+ * a launcher writes. */
+static int check_origin(struct ctx *c, json_t *args)
 {
     json_t *origin = json_object_get(args, "pipeline_origin");
-    json_t *exit_flag = json_object_get(args, "set_exit_code_on_failure");
     const char *cls;
 
     if (!json_is_object(origin))
@@ -307,10 +343,136 @@ static int check_members(struct ctx *c, json_t *args)
     cls = class_of(origin);
     if (!cls || strcmp(cls, ORIGIN_CLASS) != 0)
         return reject(c, DSW_MSG_BAD_CLASS, "pipeline_origin is not a " ORIGIN_CLASS);
-    if (exit_flag && !json_is_null(exit_flag) && !json_is_boolean(exit_flag))
-        return reject(c, DSW_MSG_BAD_ENVELOPE, "set_exit_code_on_failure is not a boolean");
-    c->req->set_exit_code_on_failure = json_is_true(exit_flag);
     return 0;
+}
+
+/* A member that is absent, null or a boolean (null_ok 0: absent or a boolean). -1 absent or
+ * null, else 0/1; a reject otherwise. */
+static int opt_bool(struct ctx *c, json_t *args, const char *member, int null_ok, int *out)
+{
+    json_t *v = json_object_get(args, member);
+
+    *out = json_is_boolean(v) ? json_is_true(v) : -1;
+    if (!v || json_is_boolean(v) || (null_ok && json_is_null(v)))
+        return 0;
+    return reject(c, DSW_MSG_BAD_ENVELOPE, "%s is not a boolean%s", member,
+                  null_ok ? " or null" : "");
+}
+
+/* The run members besides the run id: pipeline_origin and set_exit_code_on_failure (true,
+ * false or null). */
+static int check_members(struct ctx *c, json_t *args)
+{
+    int rc, flag;
+
+    if ((rc = check_origin(c, args)) < 0 ||
+        (rc = opt_bool(c, args, "set_exit_code_on_failure", 1, &flag)) < 0)
+        return rc;
+    c->req->set_exit_code_on_failure = flag == 1;
+    return 0;
+}
+
+/* --- the serdes ExecuteStepArgs object (STEPS.md §1) ------------------------------------ */
+
+/* step_keys_to_execute: exactly one string, 1..255 chars of [A-Za-z0-9_.,[]-]. */
+static int take_step_key(struct ctx *c, json_t *args)
+{
+    json_t *keys = json_object_get(args, "step_keys_to_execute"), *k = json_array_get(keys, 0);
+    size_t n = json_string_length(k);
+
+    if (!json_is_array(keys))
+        return reject(c, DSW_MSG_BAD_ENVELOPE, "step_keys_to_execute is not an array");
+    if (json_array_size(keys) != 1)
+        return reject(c, DSW_MSG_BAD_ENVELOPE, "step_keys_to_execute has %zu keys, not exactly 1",
+                      json_array_size(keys));
+    if (!json_is_string(k))
+        return reject(c, DSW_MSG_BAD_ENVELOPE, "the step key is not a string");
+    if (!step_key_valid_n(json_string_value(k), n))
+        return reject(c, DSW_MSG_BAD_ENVELOPE,
+                      "the step key (%zu bytes) is not [A-Za-z0-9_.,[]-]{1,%d}", n,
+                      DSW_MSG_STEP_KEY_MAX);
+    memcpy(c->req->step_key, json_string_value(k), n);
+    c->req->step_key[n] = '\0';
+    return 0;
+}
+
+/* retry_mode: null/absent, or {"__enum__": "RetryMode.ENABLED|DISABLED|DEFERRED"}. */
+static int take_retry_mode(struct ctx *c, json_t *args)
+{
+    static const char *const modes[] = {"RetryMode.ENABLED", "RetryMode.DISABLED",
+                                        "RetryMode.DEFERRED"};
+    json_t *v = json_object_get(args, "retry_mode"), *e = json_object_get(v, "__enum__");
+    const char *s = json_string_value(e);
+
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_object(v) || json_object_size(v) != 1 || !s ||
+        strlen(s) != json_string_length(e) || !name_in(s, modes, DSW_ARRAY_LEN(modes)))
+        return reject(c, DSW_MSG_BAD_ENVELOPE,
+                      "retry_mode is not null or a RetryMode ENABLED, DISABLED or DEFERRED");
+    c->req->step_retry_mode = compact(v, "retry_mode");
+    return 0;
+}
+
+/* The attempt: 1 + known_state.previous_retry_attempts[step key] (absent: 1). */
+static int take_attempt(struct ctx *c, json_t *args)
+{
+    json_t *prev = json_object_get(json_object_get(args, "known_state"), "previous_retry_attempts");
+    json_t *n = json_object_get(prev, c->req->step_key);
+
+    c->req->step_attempt = 1;
+    if (!prev || json_is_null(prev))
+        return 0;
+    if (!json_is_object(prev))
+        return reject(c, DSW_MSG_BAD_ENVELOPE,
+                      "known_state.previous_retry_attempts is not an object");
+    if (!n)
+        return 0;
+    if (!json_is_integer(n) || json_integer_value(n) < 0 ||
+        json_integer_value(n) > DSW_MSG_STEP_PREVIOUS_MAX)
+        return reject(c, DSW_MSG_BAD_ENVELOPE,
+                      "previous_retry_attempts of the step is not an integer 0..%d",
+                      DSW_MSG_STEP_PREVIOUS_MAX);
+    c->req->step_attempt = 1 + (int)json_integer_value(n);
+    return 0;
+}
+
+static int check_step_members(struct ctx *c, json_t *args)
+{
+    int rc, verify;
+
+    if ((rc = check_origin(c, args)) < 0 || (rc = take_step_key(c, args)) < 0 ||
+        (rc = take_classed(c, args, "known_state", STATE_CLASS, &c->req->step_known_state)) < 0 ||
+        (rc = take_attempt(c, args)) < 0 || (rc = take_retry_mode(c, args)) < 0 ||
+        (rc = opt_bool(c, args, "should_verify_step", 1, &verify)) < 0)
+        return rc;
+    return opt_bool(c, args, "print_serialized_events", 0, &c->req->step_print_events);
+}
+
+/* The kind the args' class names, when the task name allows it; else a reject. */
+static int args_kind(struct ctx *c, const char *cls, enum expect expect)
+{
+    static const struct {
+        const char *cls;
+        enum expect expect;
+        enum dsw_msg_kind kind;
+    } classes[] = {
+        {EXECUTE_CLASS, EXPECT_EXECUTE, DSW_MSG_EXECUTE},
+        {RESUME_CLASS, EXPECT_RESUME, DSW_MSG_RESUME},
+        {STEP_CLASS, EXPECT_STEP, DSW_MSG_STEP},
+    };
+    for (size_t i = 0; i < DSW_ARRAY_LEN(classes); i++) {
+        if (strcmp(cls, classes[i].cls) == 0 &&
+            (expect == EXPECT_ANY || expect == classes[i].expect)) {
+            c->req->kind = classes[i].kind;
+            return 0;
+        }
+    }
+    return reject(c, DSW_MSG_BAD_CLASS, "packed args are not %s",
+                  expect == EXPECT_RESUME    ? RESUME_CLASS
+                  : expect == EXPECT_EXECUTE ? EXECUTE_CLASS
+                  : expect == EXPECT_STEP    ? STEP_CLASS
+                                             : EXECUTE_CLASS ", " RESUME_CLASS " or " STEP_CLASS);
 }
 
 static int decode_args_object(struct ctx *c, json_t *args, enum expect expect)
@@ -323,18 +485,13 @@ static int decode_args_object(struct ctx *c, json_t *args, enum expect expect)
     cls = class_of(args);
     if (!cls)
         return reject(c, DSW_MSG_BAD_CLASS, "packed args have no string __class__");
-    if (strcmp(cls, EXECUTE_CLASS) == 0 && expect != EXPECT_RESUME)
-        c->req->kind = DSW_MSG_EXECUTE;
-    else if (strcmp(cls, RESUME_CLASS) == 0 && expect != EXPECT_EXECUTE)
-        c->req->kind = DSW_MSG_RESUME;
-    else
-        return reject(c, DSW_MSG_BAD_CLASS, "packed args are not %s",
-                      expect == EXPECT_RESUME    ? RESUME_CLASS
-                      : expect == EXPECT_EXECUTE ? EXECUTE_CLASS
-                                                 : EXECUTE_CLASS " or " RESUME_CLASS);
-    if ((rc = take_run_id(c, args)) < 0 || (rc = check_members(c, args)) < 0)
+    if ((rc = args_kind(c, cls, expect)) < 0 || (rc = take_run_id(c, args)) < 0)
         return rc;
-    return take_instance_ref(c, args);
+    if (c->req->kind == DSW_MSG_STEP)
+        rc = check_step_members(c, args);
+    else
+        rc = check_members(c, args);
+    return rc < 0 ? rc : take_instance_ref(c, args);
 }
 
 /* Packed args: the object, or a JSON string holding it (the serialize_value form). */
@@ -371,18 +528,28 @@ static int take_task_id(struct ctx *c, json_t *v, const char *what)
     return 0;
 }
 
-/* Which packed-args kwarg a task name (TaskIQ or Celery) uses, and the kind it promises. */
-static int task_kwarg(const char *name, const char **kwarg, enum expect *expect)
+/* Which packed-args kwarg a task name uses, and the kind it promises. A step is execute_step
+ * in a TaskIQ envelope and dagster-celery's execute_plan in a Celery message. */
+static int task_kwarg(const char *name, int celery, const char **kwarg, enum expect *expect)
 {
-    if (strcmp(name, "execute_job") == 0) {
-        *kwarg = "execute_job_args_packed";
-        *expect = EXPECT_EXECUTE;
-        return 1;
-    }
-    if (strcmp(name, "resume_job") == 0) {
-        *kwarg = "resume_job_args_packed";
-        *expect = EXPECT_RESUME;
-        return 1;
+    static const struct {
+        const char *task;
+        int celery; /* -1 either form, else only TaskIQ (0) or only Celery (1) */
+        const char *kwarg;
+        enum expect expect;
+    } tasks[] = {
+        {"execute_job", -1, "execute_job_args_packed", EXPECT_EXECUTE},
+        {"resume_job", -1, "resume_job_args_packed", EXPECT_RESUME},
+        {"execute_step", 0, "execute_step_args_packed", EXPECT_STEP},
+        {"execute_plan", 1, "execute_step_args_packed", EXPECT_STEP},
+    };
+    for (size_t i = 0; i < DSW_ARRAY_LEN(tasks); i++) {
+        if (strcmp(name, tasks[i].task) == 0 &&
+            (tasks[i].celery < 0 || tasks[i].celery == celery)) {
+            *kwarg = tasks[i].kwarg;
+            *expect = tasks[i].expect;
+            return 1;
+        }
     }
     return 0;
 }
@@ -438,14 +605,14 @@ static int decode_taskiq(struct ctx *c, json_t *env)
         return reject(c, DSW_MSG_BAD_ENVELOPE,
                       "taskiq: args is not an array or kwargs not an "
                       "object");
-    if (task_kwarg(name, &kwarg, &expect)) {
+    if (task_kwarg(name, 0, &kwarg, &expect)) {
         c->req->form = DSW_MSG_FORM_TASKIQ;
         return decode_kwarg(c, kwargs, kwarg, expect, "taskiq");
     }
     if (!is_legacy_task(name))
         return reject(c, DSW_MSG_UNSUPPORTED_TASK,
-                      "taskiq: task_name is not execute_job, "
-                      "resume_job or dagster_execute_job");
+                      "taskiq: task_name is not execute_job, resume_job, execute_step or "
+                      "dagster_execute_job");
     if (json_array_size(args) < 1)
         return reject(c, DSW_MSG_BAD_ENVELOPE, "taskiq: legacy task without args[0]");
     c->req->form = DSW_MSG_FORM_TASKIQ_LEGACY;
@@ -464,9 +631,9 @@ static int decode_celery_body(struct ctx *c, json_t *body, const char *task)
     if (!json_is_array(json_array_get(body, 0)) || !json_is_object(kwargs) ||
         !(json_is_object(embed) || json_is_null(embed)))
         return reject(c, DSW_MSG_BAD_ENVELOPE, "celery: body members have the wrong types");
-    if (!task_kwarg(task, &kwarg, &expect))
+    if (!task_kwarg(task, 1, &kwarg, &expect))
         return reject(c, DSW_MSG_UNSUPPORTED_TASK,
-                      "celery: headers.task is not execute_job or resume_job");
+                      "celery: headers.task is not execute_job, resume_job or execute_plan");
     return decode_kwarg(c, kwargs, kwarg, expect, "celery");
 }
 
@@ -480,14 +647,6 @@ static const char *const other_names[] = {
     "application/x-bz2",  "bzip2", "bzip", "application/x-brotli", "brotli",
     "application/x-lzma", "lzma",  "xz",   "application/zstd",     "zstd",
     "zstandard"};
-
-static int name_in(const char *s, const char *const *names, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(s, names[i]) == 0)
-            return 1;
-    return 0;
-}
 
 /* headers.compression: 0 (absent or null), 1 (zlib), or a reject. */
 static int celery_compression(struct ctx *c, json_t *headers)

@@ -93,6 +93,25 @@ int dsw_dagster_body_tag(const char *run_body, const char *key, char **out) DSW_
 int dsw_dagster_run_args(const char *run_id, const char *origin_json, const char *instance_ref_json,
                          int resume, char **out) DSW_WUR;
 
+/* The step of an ExecuteStepArgs for the child (STEPS.md §2). */
+struct dsw_dagster_step {
+    const char *step_key;
+    const char *known_state; /* JSON text or NULL (writes null) */
+    const char *retry_mode;  /* JSON text or NULL (writes null) */
+    int print_events;        /* < 0: leave the field out; else false/true */
+};
+/* The ExecuteStepArgs JSON of STEPS.md §2 for the child (caller frees *out). 0 or -EINVAL
+ * (bad arguments, known_state/retry_mode not JSON). */
+/* {"__class__": "ExecuteStepArgs", "instance_ref": <instance_ref_json or null>, "known_state":
+ * <known_state or null>, "pipeline_origin": <origin>, "pipeline_run_id": <run_id>,
+ * ["print_serialized_events": <print_events>,] "retry_mode": <retry_mode or null>,
+ * "should_verify_step": true, "step_keys_to_execute": [<step_key>]}, every object's keys sorted
+ * (the embedded ones too) as Dagster's serialize_value writes them. known_state, retry_mode
+ * and instance_ref must be JSON objects (step_key non-empty). */
+int dsw_dagster_step_args(const char *run_id, const char *origin_json,
+                          const char *instance_ref_json, const struct dsw_dagster_step *step,
+                          char **out) DSW_WUR;
+
 /* ---- additions: the general event writer and the number/time forms behind it ---- */
 
 /* Everything one EventLogEntry / DagsterEvent says, for writers that need more than the two

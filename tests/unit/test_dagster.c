@@ -4,6 +4,7 @@
 #include "testutil.h"
 
 #include "dsw/dagster.h"
+#include "dsw/msg.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -598,6 +599,81 @@ static void test_origin_and_run_args_vs_argv(void **state)
     json_decref(argv);
 }
 
+/* dsw_dagster_step_args from a decoded real step message (tests/vectors/make_step_vectors.py)
+ * and the stored run: byte for byte the execute_step_child_*.json files, which were checked
+ * once by hand on each tree (make_step_vectors.py --check: deserialize_value(.., ExecuteStepArgs)
+ * works, and serialize_value writes it back identically on its own tree). strip: instance_ref
+ * null; the Celery vector (pack_value member order) forwards its instance_ref. */
+static void check_step_child(const char *msg_file, const char *want_file, int forward)
+{
+    char *path = tu_vector_path(msg_file), *wpath = tu_vector_path(want_file);
+    size_t len;
+    char *msg = tu_read_file(path, &len), *want = tu_read_file(wpath, NULL);
+    char *body = runs_row_body(), *origin = NULL, *args = NULL;
+    struct dsw_msg_opts o = {.strict_run_id = 1};
+    struct dsw_msg_request req;
+    struct dsw_msg_reject rej;
+
+    print_message("%s -> %s\n", msg_file, want_file);
+    assert_int_equal(dsw_msg_decode(msg, len, &o, &req, &rej), 0);
+    assert_int_equal(dsw_dagster_body_origin(body, &origin, NULL, NULL), 0);
+    struct dsw_dagster_step st = {req.step_key, req.step_known_state, req.step_retry_mode,
+                                  req.step_print_events};
+    assert_int_equal(dsw_dagster_step_args("00000000-0000-4000-8000-000000000001", origin,
+                                           forward ? req.instance_ref : NULL, &st, &args),
+                     0);
+    assert_string_equal(args, want);
+    free(args);
+    dsw_msg_request_clear(&req);
+    free(origin);
+    free(body);
+    free(want);
+    free(msg);
+    free(wpath);
+    free(path);
+}
+
+static void test_step_args(void **state)
+{
+    char *args = (char *)1;
+    check_step_child("execute_step_args_mapped_1_3.json", "execute_step_child_1_3.json", 0);
+    check_step_child("execute_step_args_mapped_1_7.json", "execute_step_child_1_7.json", 0);
+    check_step_child("celery_execute_plan_1_3_b64.txt", "execute_step_child_celery_1_3.json", 1);
+    check_step_child("celery_execute_plan_1_7_b64.txt", "execute_step_child_celery_1_7.json", 1);
+
+    /* nulls, and the field left out or written */
+    struct dsw_dagster_step st = {"s1", NULL, NULL, -1};
+    const char *o = "{\"__class__\": \"PipelinePythonOrigin\"}";
+    assert_int_equal(dsw_dagster_step_args("r1", o, NULL, &st, &args), 0);
+    assert_string_equal(args, "{\"__class__\": \"ExecuteStepArgs\", \"instance_ref\": null, "
+                              "\"known_state\": null, \"pipeline_origin\": {\"__class__\": "
+                              "\"PipelinePythonOrigin\"}, \"pipeline_run_id\": \"r1\", "
+                              "\"retry_mode\": null, \"should_verify_step\": true, "
+                              "\"step_keys_to_execute\": [\"s1\"]}");
+    free(args);
+    st.print_events = 1;
+    st.retry_mode = "{\"__enum__\":\"RetryMode.ENABLED\"}";
+    assert_int_equal(dsw_dagster_step_args("r1", o, NULL, &st, &args), 0);
+    assert_non_null(strstr(args, "\"print_serialized_events\": true, \"retry_mode\": "
+                                 "{\"__enum__\": \"RetryMode.ENABLED\"}, "));
+    free(args);
+    /* bad arguments */
+    st.retry_mode = "not json";
+    assert_int_equal(dsw_dagster_step_args("r1", o, NULL, &st, &args), -EINVAL);
+    assert_null(args);
+    st.retry_mode = NULL;
+    st.known_state = "[1]";
+    assert_int_equal(dsw_dagster_step_args("r1", o, NULL, &st, &args), -EINVAL);
+    st.known_state = NULL;
+    st.step_key = "";
+    assert_int_equal(dsw_dagster_step_args("r1", o, NULL, &st, &args), -EINVAL);
+    st.step_key = "s1";
+    assert_int_equal(dsw_dagster_step_args(NULL, o, NULL, &st, &args), -EINVAL);
+    assert_int_equal(dsw_dagster_step_args("r1", "[]", NULL, &st, &args), -EINVAL);
+    assert_int_equal(dsw_dagster_step_args("r1", o, "3", &st, &args), -EINVAL);
+    assert_int_equal(dsw_dagster_step_args("r1", o, NULL, NULL, &args), -EINVAL);
+}
+
 static void test_origin_absent_members(void **state)
 {
     const char *body = "{\"__class__\": \"PipelineRun\", \"pipeline_code_origin\": {\"__class__\": "
@@ -802,6 +878,7 @@ int main(void)
         cmocka_unit_test(test_body_set_status),
         cmocka_unit_test(test_body_set_status_keeps_unknown),
         cmocka_unit_test(test_origin_and_run_args_vs_argv),
+        cmocka_unit_test(test_step_args),
         cmocka_unit_test(test_origin_absent_members),
         cmocka_unit_test(test_body_tag),
         cmocka_unit_test(test_engine_data_and_errors),

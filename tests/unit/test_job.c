@@ -95,6 +95,73 @@ static void test_table(void **state)
     }
 }
 
+/* STEPS.md section 5, every row in its order: the first matching row wins. */
+struct step_row {
+    const char *status;
+    enum dsw_job_claim claim;
+    bool same;
+    int receives;
+    enum dsw_job_action want;
+};
+
+static const struct step_row step_rows[] = {
+    /* row 1: run terminal or CANCELING, whatever the claim or deliveries (never spawn) */
+    {"SUCCESS", N, 0, 1, DSW_JOB_DELETE_TERMINAL},
+    {"FAILURE", L, 1, 1, DSW_JOB_DELETE_TERMINAL},
+    {"CANCELED", S, 0, 99, DSW_JOB_DELETE_TERMINAL},
+    {"CANCELING", N, 0, 1, DSW_JOB_DELETE_TERMINAL},
+    {"CANCELING", L, 1, 1, DSW_JOB_DELETE_TERMINAL},
+    {"CANCELING", D, 0, 9, DSW_JOB_DELETE_TERMINAL},
+    /* row 2: not STARTED, whatever the claim */
+    {"QUEUED", N, 0, 1, DSW_JOB_DELETE_UNEXPECTED},
+    {"NOT_STARTED", N, 0, 1, DSW_JOB_DELETE_UNEXPECTED},
+    {"STARTING", L, 1, 1, DSW_JOB_DELETE_UNEXPECTED},
+    {"MANAGED", S, 0, 9, DSW_JOB_DELETE_UNEXPECTED},
+    {NULL, N, 0, 1, DSW_JOB_DELETE_UNEXPECTED},
+    {"started", N, 0, 1, DSW_JOB_DELETE_UNEXPECTED},
+    /* row 3: done: this attempt already ran (before the give-up row) */
+    {"STARTED", D, 0, 1, DSW_JOB_DELETE_DUPLICATE},
+    {"STARTED", D, 1, 99, DSW_JOB_DELETE_DUPLICATE},
+    /* rows 4, 5: live */
+    {"STARTED", L, 0, 1, DSW_JOB_DELETE_DUPLICATE},
+    {"STARTED", L, 0, 99, DSW_JOB_DELETE_DUPLICATE},
+    {"STARTED", L, 1, 2, DSW_JOB_DEFER_OWNED},
+    {"STARTED", L, 1, 99, DSW_JOB_DEFER_OWNED},
+    /* row 6: stale, before the give-up row */
+    {"STARTED", S, 0, 2, DSW_JOB_RECORD_LOST},
+    {"STARTED", S, 1, 99, DSW_JOB_RECORD_LOST},
+    /* rows 7, 8: no claim */
+    {"STARTED", N, 0, 6, DSW_JOB_RECORD_GIVE_UP},
+    {"STARTED", N, 1, 99, DSW_JOB_RECORD_GIVE_UP},
+    {"STARTED", N, 0, 5, DSW_JOB_EXECUTE},
+    {"STARTED", N, 0, 1, DSW_JOB_EXECUTE},
+};
+
+static void test_step_table(void **state)
+{
+    for (size_t i = 0; i < DSW_ARRAY_LEN(step_rows); i++) {
+        const struct step_row *r = &step_rows[i];
+        for (int resume = 0; resume < 2; resume++) { /* resume fields are ignored */
+            struct dsw_job_facts f = {
+                .status = r->status,
+                .claim = r->claim,
+                .claim_same_message = r->same,
+                .receive_count = r->receives,
+                .max_receives = 5,
+                .resume_requested = resume,
+                .resume_enabled = resume,
+                .resumes_done = 0,
+                .max_resumes = resume,
+            };
+            enum dsw_job_action got = dsw_job_decide_step(&f);
+            if (got != r->want)
+                fail_msg("step row %zu (%s, claim %d, receives %d): got %s, want %s", i,
+                         r->status ? r->status : "NULL", r->claim, r->receives,
+                         dsw_job_action_name(got), dsw_job_action_name(r->want));
+        }
+    }
+}
+
 static void test_names(void **state)
 {
     assert_string_equal(dsw_job_action_name(DSW_JOB_RECORD_GIVE_UP), "record_give_up");
@@ -108,6 +175,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table),
+        cmocka_unit_test(test_step_table),
         cmocka_unit_test(test_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -202,6 +202,82 @@ static void test_vectors_decode(void **state)
     }
 }
 
+/* --- step vectors (tests/vectors/make_step_vectors.py, real Dagster 1.3 and 1.7) ---------- */
+
+struct step_case {
+    const char *file;
+    enum dsw_msg_form form;
+    const char *key;
+    int attempt;
+    int print_events;
+};
+
+static const struct step_case step_vectors[] = {
+    {"execute_step_args_1_3.json", DSW_MSG_FORM_SERDES, "flaky", 3, -1},
+    {"execute_step_args_1_7.json", DSW_MSG_FORM_SERDES, "flaky", 3, 0},
+    {"execute_step_args_first_1_3.json", DSW_MSG_FORM_SERDES, "fan_out", 1, -1},
+    {"execute_step_args_first_1_7.json", DSW_MSG_FORM_SERDES, "fan_out", 1, 0},
+    {"execute_step_args_mapped_1_3.json", DSW_MSG_FORM_SERDES, "process[b]", 2, -1},
+    {"execute_step_args_mapped_1_7.json", DSW_MSG_FORM_SERDES, "process[b]", 2, 0},
+    {"taskiq_execute_step_1_3.json", DSW_MSG_FORM_TASKIQ, "collect", 1, -1},
+    {"taskiq_execute_step_1_7.json", DSW_MSG_FORM_TASKIQ, "collect", 1, 0},
+    {"celery_execute_plan_1_3_b64.txt", DSW_MSG_FORM_CELERY, "process[a]", 2, -1},
+    {"celery_execute_plan_1_7_b64.txt", DSW_MSG_FORM_CELERY, "process[a]", 2, 0},
+};
+
+/* Every step vector decodes as a step with its key, attempt, retry mode and known state. */
+static void test_step_vectors(void **state)
+{
+    for (size_t i = 0; i < DSW_ARRAY_LEN(step_vectors); i++) {
+        const struct step_case *sc = &step_vectors[i];
+        char *path = tu_vector_path(sc->file);
+        size_t len;
+        char *body = tu_read_file(path, &len);
+        struct dsw_msg_request req;
+
+        print_message("step vector %s\n", sc->file);
+        expect_ok(body, len, "00000000-0000-4000-8000-000000000003", DSW_MSG_STEP, sc->form, &req);
+        assert_string_equal(req.step_key, sc->key);
+        assert_int_equal(req.step_attempt, sc->attempt);
+        assert_int_equal(req.step_print_events, sc->print_events);
+        assert_int_equal(req.set_exit_code_on_failure, 0);
+        assert_string_equal(req.step_retry_mode, "{\"__enum__\":\"RetryMode.DEFERRED\"}");
+        assert_non_null(req.step_known_state);
+        assert_non_null(strstr(req.step_known_state, "\"KnownExecutionState\""));
+        assert_non_null(req.instance_ref);
+        assert_true(strlen(req.task_id) > 0 || sc->form == DSW_MSG_FORM_SERDES);
+        assert_string_equal(dsw_msg_kind_name(req.kind), "step");
+        dsw_msg_request_clear(&req);
+        assert_null(req.step_known_state);
+        free(body);
+        free(path);
+    }
+}
+
+/* Minimal step args: known_state and retry_mode null give attempt 1 and NULLs. */
+static void test_step_minimal(void **state)
+{
+    struct dsw_msg_request req;
+    struct dsw_msg_reject rej;
+    const char *a = "{\"__class__\": \"ExecuteStepArgs\", \"pipeline_origin\": {\"__class__\": "
+                    "\"PipelinePythonOrigin\"}, \"pipeline_run_id\": \"r1\", "
+                    "\"step_keys_to_execute\": [\"g.op[a,b]\"], \"known_state\": null, "
+                    "\"retry_mode\": null, \"should_verify_step\": null}";
+
+    assert_int_equal(decode_str(a, 0, &req, &rej), 0);
+    assert_int_equal(req.kind, DSW_MSG_STEP);
+    assert_string_equal(req.step_key, "g.op[a,b]");
+    assert_int_equal(req.step_attempt, 1);
+    assert_null(req.step_known_state);
+    assert_null(req.step_retry_mode);
+    assert_int_equal(req.step_print_events, -1);
+    dsw_msg_request_clear(&req);
+    assert_true(dsw_msg_step_key_valid("a-b_c.d[e,f]"));
+    assert_false(dsw_msg_step_key_valid("a b"));
+    assert_false(dsw_msg_step_key_valid(""));
+    assert_false(dsw_msg_step_key_valid(NULL));
+}
+
 /* TaskIQ envelope around packed args; packed_as_string writes the serialize_value form. */
 static char *taskiq_env(json_t *args, const char *task, const char *kwarg, int packed_as_string)
 {
@@ -503,6 +579,18 @@ static void test_s3_pointer(void **state)
     "J1ZX"                                                                                         \
     "19LCB7fV0="
 
+/* A step: execute_step envelope around ExecuteStepArgs with the given keys and extra members. */
+#define STEP(args) TQ("\"execute_step\"", "{\"execute_step_args_packed\": " args "}")
+#define STEP_ARGS(keys, extra)                                                                     \
+    "{\"__class__\": \"ExecuteStepArgs\", " ORIGIN ", \"pipeline_run_id\": \"" RUN1                \
+    "\", \"step_keys_to_execute\": " keys extra "}"
+#define PREV(n)                                                                                    \
+    ", \"known_state\": {\"__class__\": \"KnownExecutionState\", \"previous_retry_attempts\": "    \
+    "{\"s1\": " n ", \"other\": \"x\"}}"
+#define MODE(e) ", \"retry_mode\": {\"__enum__\": " e "}"
+#define K16     "aaaaaaaaaaaaaaaa"
+#define K256    K16 K16 K16 K16 K16 K16 K16 K16 K16 K16 K16 K16 K16 K16 K16 K16
+
 enum wrap { RAW, CELERY /* base64(subst(body, inner)) */, B64 /* base64(body) */ };
 
 struct bad_case {
@@ -628,6 +716,60 @@ static const struct bad_case bad_cases[] = {
     /* tasks */
     {"execute_plan", TQ("\"execute_plan\"", "{\"execute_step_args_packed\": {}}"), 0,
      DSW_MSG_UNSUPPORTED_TASK},
+    /* steps (STEPS.md section 1) */
+    {"step ok", STEP(STEP_ARGS("[\"s1\"]", "")), 0, DSW_MSG_OK},
+    {"step attempt 1000", STEP(STEP_ARGS("[\"s1\"]", PREV("1000"))), 0, DSW_MSG_OK},
+    {"step two keys", STEP(STEP_ARGS("[\"s1\", \"s2\"]", "")), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step zero keys", STEP(STEP_ARGS("[]", "")), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step keys null", STEP(STEP_ARGS("null", "")), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step key number", STEP(STEP_ARGS("[7]", "")), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step key empty", STEP(STEP_ARGS("[\"\"]", "")), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step key space", STEP(STEP_ARGS("[\"a b\"]", "")), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step key shell", STEP(STEP_ARGS("[\"$(" MARK ")\"]", "")), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step key slash", STEP(STEP_ARGS("[\"../x\"]", "")), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step key too long", STEP(STEP_ARGS("[\"" K256 "\"]", "")), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step attempt negative", STEP(STEP_ARGS("[\"s1\"]", PREV("-1"))), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step attempt huge", STEP(STEP_ARGS("[\"s1\"]", PREV("1001"))), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step attempt 2^40", STEP(STEP_ARGS("[\"s1\"]", PREV("1099511627776"))), 0,
+     DSW_MSG_BAD_ENVELOPE},
+    {"step attempt real", STEP(STEP_ARGS("[\"s1\"]", PREV("1.0"))), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step attempt string", STEP(STEP_ARGS("[\"s1\"]", PREV("\"1\""))), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step attempt true", STEP(STEP_ARGS("[\"s1\"]", PREV("true"))), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step previous not object",
+     STEP(STEP_ARGS("[\"s1\"]", ", \"known_state\": {\"__class__\": \"KnownExecutionState\", "
+                                "\"previous_retry_attempts\": []}")),
+     0, DSW_MSG_BAD_ENVELOPE},
+    {"step retry_mode unknown", STEP(STEP_ARGS("[\"s1\"]", MODE("\"RetryMode.ALWAYS\""))), 0,
+     DSW_MSG_BAD_ENVELOPE},
+    {"step retry_mode other enum", STEP(STEP_ARGS("[\"s1\"]", MODE("\"RunStatus.ENABLED\""))), 0,
+     DSW_MSG_BAD_ENVELOPE},
+    {"step retry_mode string",
+     STEP(STEP_ARGS("[\"s1\"]", ", \"retry_mode\": \"RetryMode.ENABLED\"")), 0,
+     DSW_MSG_BAD_ENVELOPE},
+    {"step retry_mode number", STEP(STEP_ARGS("[\"s1\"]", MODE("1"))), 0, DSW_MSG_BAD_ENVELOPE},
+    {"step known_state wrong class",
+     STEP(STEP_ARGS("[\"s1\"]", ", \"known_state\": {\"__class__\": \"" MARK "\"}")), 0,
+     DSW_MSG_BAD_CLASS},
+    {"step known_state no class", STEP(STEP_ARGS("[\"s1\"]", ", \"known_state\": {}")), 0,
+     DSW_MSG_BAD_CLASS},
+    {"step known_state array", STEP(STEP_ARGS("[\"s1\"]", ", \"known_state\": []")), 0,
+     DSW_MSG_BAD_ENVELOPE},
+    {"step verify string", STEP(STEP_ARGS("[\"s1\"]", ", \"should_verify_step\": \"y\"")), 0,
+     DSW_MSG_BAD_ENVELOPE},
+    {"step print null", STEP(STEP_ARGS("[\"s1\"]", ", \"print_serialized_events\": null")), 0,
+     DSW_MSG_BAD_ENVELOPE},
+    {"step bad run id",
+     STEP("{\"__class__\": \"ExecuteStepArgs\", " ORIGIN
+          ", \"pipeline_run_id\": \"x;y\", \"step_keys_to_execute\": [\"s\"]}"),
+     0, DSW_MSG_BAD_RUN_ID},
+    {"execute_step with ExecuteRunArgs", STEP(GOOD_ARGS), 0, DSW_MSG_BAD_CLASS},
+    {"celery execute_step", CEL_ENV("\"execute_step\""), 0, DSW_MSG_UNSUPPORTED_TASK, 0, CELERY,
+     "[[], {\"execute_step_args_packed\": " STEP_ARGS("[\"s1\"]", "") "}, {}]"},
+    {"celery execute_plan ok", CEL_ENV("\"execute_plan\""), 0, DSW_MSG_OK, 0, CELERY,
+     "[[], {\"execute_step_args_packed\": " STEP_ARGS("[\"s1\"]", "") ", \"executable_dict\": "
+                                                                      "{}}, {}]"},
+    {"celery execute_plan two keys", CEL_ENV("\"execute_plan\""), 0, DSW_MSG_BAD_ENVELOPE, 0,
+     CELERY, "[[], {\"execute_step_args_packed\": " STEP_ARGS("[\"a\", \"b\"]", "") "}, {}]"},
     {"shell task name", TQ("\"rm -rf /\"", "{}"), 0, DSW_MSG_UNSUPPORTED_TASK},
     {"task name case", TQ("\"Execute_Job\"", "{\"execute_job_args_packed\": " GOOD_ARGS "}"), 0,
      DSW_MSG_UNSUPPORTED_TASK},
@@ -710,8 +852,8 @@ static const struct bad_case bad_cases[] = {
      "[[], {}]"},
     {"celery kwargs array", CEL_ENV("\"execute_job\""), 0, DSW_MSG_BAD_ENVELOPE, 0, CELERY,
      "[[], [], {}]"},
-    {"celery execute_plan", CEL_ENV("\"execute_plan\""), 0, DSW_MSG_UNSUPPORTED_TASK, 0, CELERY,
-     CEL_BODY(GOOD_ARGS)},
+    {"celery execute_plan run args", CEL_ENV("\"execute_plan\""), 0, DSW_MSG_BAD_ENVELOPE, 0,
+     CELERY, CEL_BODY(GOOD_ARGS)},
     {"celery task number", CEL_ENV("3"), 0, DSW_MSG_BAD_ENVELOPE, 0, CELERY, CEL_BODY(GOOD_ARGS)},
     {"celery bad class", CEL_ENV("\"execute_job\""), 0, DSW_MSG_BAD_CLASS, 0, CELERY,
      CEL_BODY(ARGS_C("\"ResumeRunArgs\"", "\"" RUN1 "\"", ""))},
@@ -1094,6 +1236,8 @@ int main(void)
         cmocka_unit_test(test_vectors_decode),
         cmocka_unit_test(test_vectors_every_form),
         cmocka_unit_test(test_legacy_task_names),
+        cmocka_unit_test(test_step_vectors),
+        cmocka_unit_test(test_step_minimal),
         cmocka_unit_test(test_minimal_args),
         cmocka_unit_test(test_non_strict_run_id),
         cmocka_unit_test(test_layout_whitespace),
