@@ -1104,20 +1104,45 @@ static void record_check_already(struct op *o, const struct dsw_db_result *r)
     op_fail(o, -ESTALE);
 }
 
+/* The record's first statement: the claim -> done with what the child (or the caller) said. */
+static void record_claim_done(struct op *o)
+{
+    char code[16], sig[16];
+    snprintf(code, sizeof(code), "%d", o->exit_code);
+    snprintf(sig, sizeof(sig), "%d", o->term_signal);
+    bool child = o->kind == K_EXIT;
+    const char *p[] = {o->run_id, o->token, child && !o->term_signal ? code : NULL,
+                       child ? sig : NULL, o->outcome};
+    op_q(o, R_CLAIM_DONE, SQL_CLAIM_DONE, 5, p);
+}
+
+/* The run row is locked: read the tags we wrote at launch, or give up when it is gone. */
+static void record_run_locked(struct op *o, const struct dsw_db_result *r)
+{
+    const char *p[] = {o->run_id, DSW_STORE_TAG_WORKER_ID, DSW_STORE_TAG_MESSAGE_ID};
+    if (op_take_run(o, r, 0, 1, 2) < 0)
+        op_fail(o, -ENOENT);
+    else
+        op_q(o, R_OUR_TAGS, SQL_OUR_TAGS, 3, p);
+}
+
+/* After a write that must have touched exactly one row (or, for R_TAG, written the tag): the
+ * next tag, then the run's status; anything else means the fence failed. */
+static void record_after_write(struct op *o, const struct dsw_db_result *r, bool ok)
+{
+    if (!ok)
+        op_fail(o, -ESTALE);
+    else if (!op_next_tag(o, R_TAG))
+        record_set_run(o);
+}
+
 static void record_step(struct op *o, const struct dsw_db_result *r)
 {
     const char *p1[] = {o->run_id};
     switch (o->step) {
-    case R_BEGIN: {
-        char code[16], sig[16];
-        snprintf(code, sizeof(code), "%d", o->exit_code);
-        snprintf(sig, sizeof(sig), "%d", o->term_signal);
-        bool child = o->kind == K_EXIT;
-        const char *p[] = {o->run_id, o->token, child && !o->term_signal ? code : NULL,
-                           child ? sig : NULL, o->outcome};
-        op_q(o, R_CLAIM_DONE, SQL_CLAIM_DONE, 5, p);
+    case R_BEGIN:
+        record_claim_done(o);
         return;
-    }
     case R_CLAIM_DONE:
         if (dsw_db_result_nrows(r) == 0)
             op_q(o, R_CLAIM_SEEN, SQL_CLAIM_SEEN, 1, p1);
@@ -1127,20 +1152,12 @@ static void record_step(struct op *o, const struct dsw_db_result *r)
     case R_CLAIM_SEEN:
         record_check_already(o, r);
         return;
-    case R_RUN_LOCKED: {
-        const char *p[] = {o->run_id, DSW_STORE_TAG_WORKER_ID, DSW_STORE_TAG_MESSAGE_ID};
-        if (op_take_run(o, r, 0, 1, 2) < 0)
-            op_fail(o, -ENOENT);
-        else
-            op_q(o, R_OUR_TAGS, SQL_OUR_TAGS, 3, p);
+    case R_RUN_LOCKED:
+        record_run_locked(o, r);
         return;
-    }
     case R_OUR_TAGS:
         record_keep_tags(o, r);
-        if (o->kind == K_EXIT)
-            record_exit_event(o);
-        else
-            record_end_event(o);
+        (o->kind == K_EXIT ? record_exit_event : record_end_event)(o);
         return;
     case R_EXIT_EVENT:
         if (dsw_db_result_nrows(r) != 1)
@@ -1149,16 +1166,10 @@ static void record_step(struct op *o, const struct dsw_db_result *r)
             record_end_event(o);
         return;
     case R_END_EVENT:
-        if (dsw_db_result_nrows(r) != 1)
-            op_fail(o, -ESTALE);
-        else if (!op_next_tag(o, R_TAG))
-            record_set_run(o);
+        record_after_write(o, r, dsw_db_result_nrows(r) == 1);
         return;
     case R_TAG:
-        if (!op_tag_written(r))
-            op_fail(o, -ESTALE);
-        else if (!op_next_tag(o, R_TAG))
-            record_set_run(o);
+        record_after_write(o, r, op_tag_written(r));
         return;
     case R_RUN_SET:
         o->rr.changed = dsw_db_result_cmd_tuples(r) == 1;
