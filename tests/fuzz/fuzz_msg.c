@@ -54,7 +54,14 @@ static void decode(const void *body, size_t len, int strict, int s3)
     if (rc == 0) {
         check(rej.reason == DSW_MSG_OK);
         check(dsw_msg_run_id_valid(req.run_id, strict));
-        check(req.kind == DSW_MSG_EXECUTE || req.kind == DSW_MSG_RESUME);
+        check(req.kind == DSW_MSG_EXECUTE || req.kind == DSW_MSG_RESUME ||
+              req.kind == DSW_MSG_STEP);
+        if (req.kind == DSW_MSG_STEP)
+            check(dsw_msg_step_key_valid(req.step_key) && req.step_attempt >= 1 &&
+                  req.step_attempt <= DSW_MSG_STEP_PREVIOUS_MAX + 1);
+        else
+            check(!req.step_key[0] && !req.step_known_state && !req.step_retry_mode);
+        check(!req.step_known_state || req.step_known_state[0] == '{');
         check(req.form <= DSW_MSG_FORM_CELERY);
         check(!req.instance_ref || req.instance_ref[0] == '{');
         check(!s3); /* with the attribute nothing is accepted (pointer bodies come later) */
