@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional, cast
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, Iterator, Mapping, Optional, cast
 
 from dagster import (
     Field,
@@ -78,7 +78,7 @@ class SqsRunLauncher(RunLauncher, ConfigurableClass):
         if not self.queue_url.strip():
             raise SqsLaunchError("SqsRunLauncher: queue_url is empty")
         self.endpoint_url = endpoint_url or None
-        self.region = region or _region_from(self.queue_url)
+        self.region = region or region_from(self.queue_url)
         self.claim_ttl_seconds = float(claim_ttl_seconds)
         self.no_claim_grace_seconds = float(no_claim_grace_seconds)
         self.message_group_id = message_group_id
@@ -146,42 +146,16 @@ class SqsRunLauncher(RunLauncher, ConfigurableClass):
     @property
     def client(self) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            self._client = boto3.session.Session().client(
-                "sqs",
-                endpoint_url=self.endpoint_url,
-                region_name=self.region,
-                config=Config(
-                    connect_timeout=5,
-                    read_timeout=15,
-                    retries={"max_attempts": 3, "mode": "standard"},
-                ),
-            )
+            self._client = sqs_client(self.endpoint_url, self.region)
         return self._client
 
     def send(self, body: str, run_id: str) -> str:
         """Send one message body; returns its message id or raises SqsLaunchError."""
-        kwargs: Dict[str, Any] = {"QueueUrl": self.queue_url, "MessageBody": body}
-        if self.message_group_id:
-            kwargs["MessageGroupId"] = self.message_group_id
-            kwargs["MessageDeduplicationId"] = run_id + ":" + body[13:45]  # task id
-        try:
-            reply = self.client.send_message(**kwargs)
-        except Exception as e:  # botocore's error classes; each names the cause
-            raise SqsLaunchError(
-                f"dagster-sqs-worker: could not send run {run_id} to {self.queue_url}"
-                f"{' via ' + self.endpoint_url if self.endpoint_url else ''}: "
-                f"{type(e).__name__}: {e}"
-            ) from e
-        mid = reply.get("MessageId") if isinstance(reply, dict) else None
-        if not mid:
-            raise SqsLaunchError(
-                f"dagster-sqs-worker: the queue {self.queue_url} returned no MessageId for run "
-                f"{run_id}"
-            )
-        return str(mid)
+        dedup = run_id + ":" + body[13:45] if self.message_group_id else None  # task id
+        return send_body(
+            self.client, self.queue_url, body, f"run {run_id}", self.endpoint_url,
+            self.message_group_id, dedup,
+        )
 
     def _send_run(self, run: DagsterRun, resume: bool, attempt: Optional[int] = None) -> str:
         body = envelope.run_envelope(run, resume=resume)
@@ -228,18 +202,8 @@ class SqsRunLauncher(RunLauncher, ConfigurableClass):
     def supports_check_run_worker_health(self) -> bool:
         return True
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[Any]:
-        storage = self._inst.run_storage
-        connect = getattr(storage, "connect", None)
-        engine = getattr(storage, "_engine", None)
-        if connect is None or engine is None or engine.dialect.name != "postgresql":
-            raise run_claims.ClaimsUnavailable(
-                "SqsRunLauncher reads dagster-sqs-worker's claims from the instance's run storage, "
-                f"which must be dagster-postgres (this instance has {type(storage).__name__})"
-            )
-        with connect() as conn:
-            yield conn
+    def _connect(self) -> ContextManager[Any]:
+        return storage_connection(self._inst, "SqsRunLauncher")
 
     def read_claim(self, run_id: str) -> "tuple[Optional[run_claims.Claim], Optional[float]]":
         with self._connect() as conn:
@@ -262,7 +226,74 @@ class SqsRunLauncher(RunLauncher, ConfigurableClass):
         self._client = None
 
 
-def _region_from(queue_url: str) -> Optional[str]:
+def sqs_client(endpoint_url: Optional[str], region: Optional[str]) -> Any:
+    """The boto3 SQS client the launcher and the step executor send with (a private session:
+    boto3's default session is not thread-safe)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "sqs",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        config=Config(
+            connect_timeout=5,
+            read_timeout=15,
+            retries={"max_attempts": 3, "mode": "standard"},
+        ),
+    )
+
+
+def send_body(
+    client: Any,
+    queue_url: str,
+    body: str,
+    what: str,
+    endpoint_url: Optional[str] = None,
+    group_id: Optional[str] = None,
+    dedup_id: Optional[str] = None,
+) -> str:
+    """Send one message body (``what``: "run X", "step S of run X" for the error); returns its
+    message id or raises SqsLaunchError naming the queue, the endpoint and the cause."""
+    kwargs: Dict[str, Any] = {"QueueUrl": queue_url, "MessageBody": body}
+    if group_id:
+        kwargs["MessageGroupId"] = group_id
+        kwargs["MessageDeduplicationId"] = dedup_id
+    try:
+        reply = client.send_message(**kwargs)
+    except Exception as e:  # botocore's error classes; each names the cause
+        raise SqsLaunchError(
+            f"dagster-sqs-worker: could not send {what} to {queue_url}"
+            f"{' via ' + endpoint_url if endpoint_url else ''}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    mid = reply.get("MessageId") if isinstance(reply, dict) else None
+    if not mid:
+        raise SqsLaunchError(
+            f"dagster-sqs-worker: the queue {queue_url} returned no MessageId for {what}"
+        )
+    return str(mid)
+
+
+@contextlib.contextmanager
+def storage_connection(instance: Any, who: str, storage_name: str = "run_storage") -> Iterator[Any]:
+    """A connection of the instance's own dagster-postgres storage (``run_storage``, or
+    ``event_log_storage``), where dagster-sqs-worker's claims are read; ClaimsUnavailable when
+    it is not PostgreSQL."""
+    storage = getattr(instance, storage_name)
+    method = "connect" if storage_name == "run_storage" else "index_connection"
+    connect = getattr(storage, method, None)
+    engine = getattr(storage, "_engine", None)
+    if connect is None or engine is None or engine.dialect.name != "postgresql":
+        raise run_claims.ClaimsUnavailable(
+            f"{who} reads dagster-sqs-worker's claims from the instance's {storage_name}, "
+            f"which must be dagster-postgres (this instance has {type(storage).__name__})"
+        )
+    with connect() as conn:
+        yield conn
+
+
+def region_from(queue_url: str) -> Optional[str]:
     """us-east-1 from https://sqs.us-east-1.amazonaws.com/...; else the AWS environment."""
     host = queue_url.split("://", 1)[-1].split("/", 1)[0]
     parts = host.split(".")

@@ -29,7 +29,7 @@ UNKNOWN = "UNKNOWN"
 DEFAULT_CLAIM_TTL_S = 60.0  # the daemon's claims.ttl default
 DEFAULT_NO_CLAIM_GRACE_S = 180.0
 
-_SQL_HAS_SCHEMA = "SELECT pg_catalog.to_regclass('" + TABLE + "') IS NOT NULL"
+_SQL_HAS_TABLE = "SELECT pg_catalog.to_regclass(:table) IS NOT NULL"
 _SQL_CLAIM = (
     "SELECT c.run_id, c.kind, c.attempt, c.worker_id, c.fencing_token, c.message_id,"
     " c.receive_count, c.state, c.child_pid,"
@@ -128,8 +128,13 @@ def _text(sql: str) -> Any:
     return sqlalchemy.text(sql)
 
 
+def has_table(conn: Any, table: str) -> bool:
+    """Whether ``schema.table`` exists (db-init made it)."""
+    return bool(conn.execute(_text(_SQL_HAS_TABLE), {"table": table}).scalar())
+
+
 def has_schema(conn: Any) -> bool:
-    return bool(conn.execute(_text(_SQL_HAS_SCHEMA)).scalar())
+    return has_table(conn, TABLE)
 
 
 def fetch_claim(conn: Any, run_id: str) -> Optional[Claim]:
