@@ -30,7 +30,6 @@ from dagster import (
     IntSource,
     MetadataValue,
     Noneable,
-    StringSource,
     executor,
     multiple_process_executor_requirements,
 )
@@ -44,28 +43,20 @@ from dagster._core.executor.step_delegating import (
 )
 
 from . import envelope, step_claims
-from .launcher import SqsLaunchError, region_from, send_body, sqs_client, storage_connection
+from .launcher import (
+    SqsLaunchError,
+    queue_fields,
+    region_from,
+    send_body,
+    sqs_client,
+    storage_connection,
+)
 from .run_claims import DEFAULT_CLAIM_TTL_S
 
 DEFAULT_HEALTH_CHECK_INTERVAL_S = 20  # StepDelegatingExecutor's own default
 
 SQS_EXECUTOR_CONFIG = {
-    "queue_url": Field(
-        StringSource,
-        description="URL of the queue a dagster-sqs-worker reads: the runs queue or a steps queue.",
-    ),
-    "endpoint_url": Field(
-        Noneable(StringSource),
-        is_required=False,
-        default_value=None,
-        description="SQS endpoint (LocalStack, moto, fauxqs...); default AWS.",
-    ),
-    "region": Field(
-        Noneable(StringSource),
-        is_required=False,
-        default_value=None,
-        description="AWS region; default from the queue URL or the AWS environment.",
-    ),
+    **queue_fields("URL of the queue a dagster-sqs-worker reads: the runs queue or a steps queue."),
     "max_concurrent": Field(
         Noneable(IntSource),
         is_required=False,

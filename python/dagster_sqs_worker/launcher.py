@@ -39,6 +39,25 @@ TAG_MESSAGE_ID = "dagster-sqs-worker/message_id"
 TAG_RESUME_MESSAGE_ID = "dagster-sqs-worker/resume_message_id"
 
 
+def queue_fields(queue_description: str) -> Dict[str, Field]:
+    """The queue keys the launcher and the step executor share: queue_url, endpoint_url, region."""
+    return {
+        "queue_url": Field(StringSource, description=queue_description),
+        "endpoint_url": Field(
+            Noneable(StringSource),
+            is_required=False,
+            default_value=None,
+            description="SQS endpoint (LocalStack, moto, fauxqs...); default AWS.",
+        ),
+        "region": Field(
+            Noneable(StringSource),
+            is_required=False,
+            default_value=None,
+            description="AWS region; default from the queue URL or the AWS environment.",
+        ),
+    }
+
+
 class SqsLaunchError(RuntimeError):
     """A run could not be put on the queue (Dagster then fails the launch)."""
 
@@ -98,19 +117,7 @@ class SqsRunLauncher(RunLauncher, ConfigurableClass):
     @classmethod
     def config_type(cls) -> Dict[str, Field]:
         return {
-            "queue_url": Field(StringSource, description="URL of the queue the daemon reads."),
-            "endpoint_url": Field(
-                Noneable(StringSource),
-                is_required=False,
-                default_value=None,
-                description="SQS endpoint (LocalStack, moto, fauxqs...); default AWS.",
-            ),
-            "region": Field(
-                Noneable(StringSource),
-                is_required=False,
-                default_value=None,
-                description="AWS region; default from the queue URL or the AWS environment.",
-            ),
+            **queue_fields("URL of the queue the daemon reads."),
             "claim_ttl_seconds": Field(
                 float,
                 is_required=False,

@@ -57,8 +57,27 @@ class ClaimsSchemaMissing(ClaimsUnavailable):
     """The database has no dagster_sqs_worker schema: the daemon's db-init never ran there."""
 
 
+class OwnerWords:
+    """What a claim row of either table (run_claims, step_claims) says of its owner."""
+
+    worker_id: str
+    state: str
+
+    @property
+    def host(self) -> str:
+        return split_worker_id(self.worker_id)[0]
+
+    @property
+    def pid(self) -> Optional[int]:
+        return split_worker_id(self.worker_id)[1]
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+
 @dataclasses.dataclass(frozen=True)
-class Claim:
+class Claim(OwnerWords):
     """One row of dagster_sqs_worker.run_claims, with its ages from the database clock."""
 
     run_id: str
@@ -77,17 +96,6 @@ class Claim:
     term_signal: Optional[int]
     outcome: Optional[str]
 
-    @property
-    def host(self) -> str:
-        return split_worker_id(self.worker_id)[0]
-
-    @property
-    def pid(self) -> Optional[int]:
-        return split_worker_id(self.worker_id)[1]
-
-    @property
-    def done(self) -> bool:
-        return self.state == "done"
 
     def live(self, ttl_s: float) -> bool:
         """The daemon's own rule (store.c): not done and heartbeat younger than claims.ttl."""

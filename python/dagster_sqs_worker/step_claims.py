@@ -33,7 +33,7 @@ from .run_claims import (
     ClaimsSchemaMissing,
     _text,
     has_table,
-    split_worker_id,
+    OwnerWords,
 )
 
 TABLE = SCHEMA + ".step_claims"
@@ -92,7 +92,7 @@ class StepKey:
 
 
 @dataclasses.dataclass(frozen=True)
-class StepClaim:
+class StepClaim(OwnerWords):
     """One row of dagster_sqs_worker.step_claims, with its ages from the database clock."""
 
     key: StepKey
@@ -111,17 +111,6 @@ class StepClaim:
     outcome: Optional[str]
     stop_requested_age_s: Optional[float]
 
-    @property
-    def host(self) -> str:
-        return split_worker_id(self.worker_id)[0]
-
-    @property
-    def pid(self) -> Optional[int]:
-        return split_worker_id(self.worker_id)[1]
-
-    @property
-    def done(self) -> bool:
-        return self.state == "done"
 
     def live(self, ttl_s: float) -> bool:
         """STEPS.md §3: not done and heartbeat_at >= now() - claims.ttl."""
