@@ -1,15 +1,17 @@
-/* fake_dagster: a test double of `dagster api execute_run|resume_run <ExecuteRunArgs JSON>`.
+/* fake_dagster: a test double of `dagster api execute_run|resume_run <ExecuteRunArgs JSON>` and
+ * of `dagster api execute_step <ExecuteStepArgs JSON>`.
  * It writes to Postgres what Dagster's run worker writes (vectors/event_logs_*.json), in
  * Dagster's byte form through the dagster module, and exits with Dagster's codes.
  *
- * Invocation: fake_dagster api execute_run|resume_run '<ExecuteRunArgs|ResumeRunArgs JSON>'
+ * Invocation: fake_dagster api execute_run|resume_run|execute_step '<..Args JSON>'
  *   (argv exactly as real dagster gets it; other argv: usage on stderr, exit 2 like click).
  * Postgres: DSW_FAKE_PG_CONNINFO (a libpq conninfo string) if set; else DAGSTER_PG_HOST,
  *   DAGSTER_PG_PORT, DAGSTER_PG_USER, DAGSTER_PG_PASSWORD, DAGSTER_PG_DB (the names the
  *   vectors' dagster.yaml uses) if DAGSTER_PG_HOST is set; else libpq's own PGHOST, PGPORT,
  *   PGUSER, PGPASSWORD, PGDATABASE. Sessions use TimeZone=UTC.
  * Every start is counted first, in dagster_sqs_worker_test.child_starts(run_id, pid,
- *   started_at, argv_kind) (created if missing); then the run is loaded from `runs`.
+ *   started_at, argv_kind, step_key) (created if missing, step_key added if missing; NULL for
+ *   runs); then the run is loaded from `runs`.
  * Behaviour: tag `dsw/test_behavior` from the run_tags table, else from run_body "tags":
  *   success (default)  START, a step, PIPELINE_SUCCESS + SUCCESS, exit 0
  *   failure            START, a step, PIPELINE_FAILURE + FAILURE, exit 1 (0 when the args'
@@ -46,7 +48,21 @@
  * ErrorSource.INTERRUPT on SIGTERM) or nothing (crash)), each in Dagster's exact form; the
  * sequence of run-level events, step events and engine messages is what real Dagster writes for
  * an in-process job, which tests/dagster/harness.py (equivalence) checks against real Dagster.
- * DagsterEvent lines go to stdout at the end, as the real CLI buffers them. */
+ * DagsterEvent lines go to stdout at the end, as the real CLI buffers them.
+ * execute_step (dagster/_cli/api.py execute_step_command, read on both trees): ExecuteStepArgs
+ *   with exactly one key in step_keys_to_execute (else an error, exit 1); it never changes
+ *   the run's status and writes only that step's events (key = the args' key): verify_step's
+ *   first case (attempt 1 = no previous_retry_attempts for the key, and the key already has a
+ *   STEP_START) -> the engine event "Attempted to run K again even though it was already
+ *   started. Exiting to prevent re-running the step.", exit 0; else STEP_START, then by the
+ *   run's tag: success -> STEP_SUCCESS, exit 0; failure -> STEP_FAILURE (USER_CODE_ERROR),
+ *   exit 0 (raise_on_error is False in the CLI: a failed step is not a failed process);
+ *   crash -> _exit(3); sleep:N, ignore_sigterm[:N], grandchild[:N], flood[:N] as for runs;
+ *   SIGTERM -> STEP_FAILURE (ErrorSource.INTERRUPT), then the DagsterExecutionInterruptedError
+ *   leaves click uncaught: a traceback line on stderr, exit 1. Not written (the event writer
+ *   has no form for a step key without step handles): STEP_WORKER_STARTED and the engine event
+ *   "Step execution terminated by interrupt". Event lines are printed unless the args'
+ *   print_serialized_events is false (1.7 prints them only when true; 1.3 always). */
 #include "dsw/buf.h"
 #include "dsw/dagster.h"
 #include "dsw/util.h"
@@ -67,8 +83,12 @@
 
 struct fake {
     PGconn *pg;
-    const char *kind; /* execute_run | resume_run */
+    const char *kind; /* execute_run | resume_run | execute_step */
     char *run_id;
+    const char *step; /* the step key the events name: STEP for runs */
+    char *step_key;   /* execute_step: the one key of step_keys_to_execute */
+    int attempt;      /* execute_step: 1 + previous_retry_attempts[step_key] */
+    int print_events;
     char *job;
     char *status;
     char *body;
@@ -146,19 +166,22 @@ static void count_start(struct fake *f)
 {
     char pid[16];
     snprintf(pid, sizeof(pid), "%d", f->pid);
-    const char *p[] = {f->run_id, pid, f->kind};
+    const char *p[] = {f->run_id, pid, f->kind, f->step_key};
     exec0(f, "BEGIN", 0, NULL);
     exec0(f, "SELECT pg_advisory_xact_lock(7243)", 0, NULL);
     exec0(f, "CREATE SCHEMA IF NOT EXISTS dagster_sqs_worker_test", 0, NULL);
     exec0(f,
           "CREATE TABLE IF NOT EXISTS dagster_sqs_worker_test.child_starts (run_id text, pid int, "
-          "started_at timestamptz DEFAULT now(), argv_kind text)",
+          "started_at timestamptz DEFAULT now(), argv_kind text, step_key text)",
+          0, NULL);
+    exec0(f,
+          "ALTER TABLE dagster_sqs_worker_test.child_starts ADD COLUMN IF NOT EXISTS step_key text",
           0, NULL);
     exec0(f, "COMMIT", 0, NULL);
     exec0(f,
-          "INSERT INTO dagster_sqs_worker_test.child_starts (run_id, pid, argv_kind) VALUES "
-          "($1, $2::int, $3)",
-          3, p);
+          "INSERT INTO dagster_sqs_worker_test.child_starts (run_id, pid, argv_kind, step_key) "
+          "VALUES ($1, $2::int, $3, $4)",
+          4, p);
 }
 
 static char *dup_or_null(PGresult *r, int row, int col)
@@ -172,7 +195,9 @@ static void load_run(struct fake *f)
     PGresult *r =
         sql(f, "SELECT status, run_body, pipeline_name FROM runs WHERE run_id = $1", 1, p);
     if (PQntuples(r) != 1)
-        die("dagster._check.CheckError: Pipeline run with id '%s' not found for run execution.",
+        die(f->step_key ? "dagster._check.CheckError: Run with id '%s' not found for step execution"
+                        : "dagster._check.CheckError: Pipeline run with id '%s' not found for run "
+                          "execution.",
             f->run_id);
     f->status = dup_or_null(r, 0, 0);
     f->body = dup_or_null(r, 0, 1);
@@ -278,10 +303,60 @@ static void log_line(struct fake *f, const char *text)
         .user_message = text,
         .level = 20,
         .pid = -1,
-        .step_key = STEP,
+        .step_key = f->step,
         .timestamp = dsw_wall_time(),
     };
     record(f, &ev, NULL, 0);
+}
+
+/* STEP_FAILURE of f->step with StepFailureData made of error and source (ErrorSource member). */
+static void step_failure(struct fake *f, const char *error, const char *source)
+{
+    char *data = dsw_xasprintf("{\"__class__\": \"StepFailureData\", \"error\": %s, "
+                               "\"error_source\": {\"__enum__\": \"ErrorSource.%s\"}, "
+                               "\"user_failure_data\": null}",
+                               error, source);
+    char *msg = dsw_xasprintf("Execution of step \"%s\" failed.", f->step);
+    inside(f, "STEP_FAILURE", msg, data, f->step, 40, NULL);
+    free(msg);
+    free(data);
+}
+
+/* The op's own exception, as solid_execution_error_boundary wraps it. */
+static void step_user_failure(struct fake *f)
+{
+    char *error = dsw_xasprintf(
+        "{\"__class__\": \"SerializableErrorInfo\", \"cause\": {\"__class__\": "
+        "\"SerializableErrorInfo\", \"cause\": null, \"cls_name\": \"Exception\", \"context\": "
+        "null, \"message\": \"Exception: fake_dagster: failing as the run's dsw/test_behavior tag "
+        "asks\\n\", \"stack\": []}, \"cls_name\": \"DagsterExecutionStepExecutionError\", "
+        "\"context\": null, \"message\": "
+        "\"dagster._core.errors.DagsterExecutionStepExecutionError: "
+        "Error occurred while executing op \\\"%s\\\":\\n\", \"stack\": []}",
+        f->step);
+    log_line(f, "fake_dagster: failing as the run's dsw/test_behavior tag asks");
+    step_failure(f, error, "USER_CODE_ERROR");
+    free(error);
+}
+
+static void step_start(struct fake *f)
+{
+    char *msg = dsw_xasprintf("Started execution of step \"%s\".", f->step);
+    inside(f, "STEP_START", msg, NULL, f->step, 10, NULL);
+    free(msg);
+}
+
+static void step_success(struct fake *f, double t0)
+{
+    char ms[32], *success, *msg;
+    double elapsed = (dsw_wall_time() - t0) * 1000.0;
+    if (dsw_dagster_float_repr(elapsed, ms) < 0)
+        die("clock");
+    success = dsw_xasprintf("{\"__class__\": \"StepSuccessData\", \"duration_ms\": %s}", ms);
+    msg = dsw_xasprintf("Finished execution of step \"%s\" in %.0fms.", f->step, elapsed);
+    inside(f, "STEP_SUCCESS", msg, success, f->step, 10, NULL);
+    free(msg);
+    free(success);
 }
 
 static double arg_of(const char *behavior, double dflt);
@@ -365,11 +440,13 @@ static void interrupted(struct fake *f)
     char *msg, *data;
     /* The step's own failure first: _dagster_event_sequence_for_step turns the interrupt into
      * STEP_FAILURE with ErrorSource.INTERRUPT before the run-level handling below. */
-    data = dsw_xasprintf("{\"__class__\": \"StepFailureData\", \"error\": %s, \"error_source\": "
-                         "{\"__enum__\": \"ErrorSource.INTERRUPT\"}, \"user_failure_data\": null}",
-                         error);
-    inside(f, "STEP_FAILURE", "Execution of step \"" STEP "\" failed.", data, STEP, 40, NULL);
-    free(data);
+    step_failure(f, error, "INTERRUPT");
+    if (f->step_key) {
+        /* execute_step_command re-raises it: no handler up to the interpreter. */
+        fputs(dsw_buf_str(&f->out), stdout);
+        fputs("dagster._core.errors.DagsterExecutionInterruptedError\n", stderr);
+        exit(1);
+    }
     reload_status(f);
     if (!strcmp(f->status, "CANCELING")) {
         msg = dsw_xasprintf("Execution of run for \"%s\" canceled.", f->job);
@@ -449,6 +526,36 @@ static void flood(double lines)
     fflush(stdout);
 }
 
+/* Inside the step, after STEP_START: the behaviours that do not decide its outcome. */
+static void step_body(struct fake *f)
+{
+    if (behaves(f, "crash")) {
+        char *msg = dsw_xasprintf("calling os._exit(3) in pid %d", f->pid);
+        log_line(f, msg);
+        free(msg);
+        _exit(3);
+    }
+    if (behaves(f, "grandchild"))
+        spawn_grandchild();
+    if (behaves(f, "flood"))
+        flood(arg_of(f->behavior, 20000));
+    if (behaves(f, "sleep") || behaves(f, "grandchild"))
+        nap(f, arg_of(f->behavior, 0));
+    if (behaves(f, "ignore_sigterm"))
+        nap(f, arg_of(f->behavior, 600));
+    if (got_term)
+        interrupted(f);
+}
+
+/* The in-process executor's closing engine event (data: its EngineEventData). */
+static void steps_finished(struct fake *f, const char *data, double t0)
+{
+    double elapsed = (dsw_wall_time() - t0) * 1000.0;
+    char *msg = dsw_xasprintf("Finished steps in process (pid: %d) in %.0fms", f->pid, elapsed);
+    inside(f, "ENGINE_EVENT", msg, data, NULL, 10, NULL);
+    free(msg);
+}
+
 /* The body of the run: what core_execute_run yields for a one-step in-process job. */
 static void execute(struct fake *f)
 {
@@ -475,43 +582,12 @@ static void execute(struct fake *f)
     msg = dsw_xasprintf("Executing steps in process (pid: %d)", f->pid);
     inside(f, "ENGINE_EVENT", msg, data, NULL, 10, NULL);
     free(msg);
-    inside(f, "STEP_START", "Started execution of step \"" STEP "\".", NULL, STEP, 10, NULL);
-
-    if (behaves(f, "crash")) {
-        msg = dsw_xasprintf("calling os._exit(3) in pid %d", f->pid);
-        log_line(f, msg);
-        free(msg);
-        _exit(3);
-    }
-    if (behaves(f, "grandchild"))
-        spawn_grandchild();
-    if (behaves(f, "flood"))
-        flood(arg_of(f->behavior, 20000));
-    if (behaves(f, "sleep") || behaves(f, "grandchild"))
-        nap(f, arg_of(f->behavior, 0));
-    if (behaves(f, "ignore_sigterm"))
-        nap(f, arg_of(f->behavior, 600));
-    if (got_term)
-        interrupted(f);
+    step_start(f);
+    step_body(f);
 
     if (behaves(f, "failure")) {
-        static const char step_error[] =
-            "{\"__class__\": \"StepFailureData\", \"error\": {\"__class__\": "
-            "\"SerializableErrorInfo\", \"cause\": {\"__class__\": \"SerializableErrorInfo\", "
-            "\"cause\": null, \"cls_name\": \"Exception\", \"context\": null, \"message\": "
-            "\"Exception: fake_dagster: failing as the run's dsw/test_behavior tag asks\\n\", "
-            "\"stack\": []}, \"cls_name\": \"DagsterExecutionStepExecutionError\", \"context\": "
-            "null, \"message\": \"dagster._core.errors.DagsterExecutionStepExecutionError: Error "
-            "occurred while executing op \\\"" STEP "\\\":\\n\", \"stack\": []}, "
-            "\"error_source\": {\"__enum__\": \"ErrorSource.USER_CODE_ERROR\"}, "
-            "\"user_failure_data\": null}";
-        log_line(f, "fake_dagster: failing as the run's dsw/test_behavior tag asks");
-        inside(f, "STEP_FAILURE", "Execution of step \"" STEP "\" failed.", step_error, STEP, 40,
-               NULL);
-        double elapsed = (dsw_wall_time() - t0) * 1000.0;
-        msg = dsw_xasprintf("Finished steps in process (pid: %d) in %.0fms", f->pid, elapsed);
-        inside(f, "ENGINE_EVENT", msg, data, NULL, 10, NULL);
-        free(msg);
+        step_user_failure(f);
+        steps_finished(f, data, t0);
         msg = dsw_xasprintf("Execution of run for \"%s\" failed. Steps failed: ['" STEP "'].",
                             f->job);
         inside(f, "PIPELINE_FAILURE", msg,
@@ -521,18 +597,8 @@ static void execute(struct fake *f)
         finish(f, f->exit_code_on_failure ? 1 : 0);
     }
 
-    char ms[32], *success;
-    double elapsed = (dsw_wall_time() - t0) * 1000.0;
-    if (dsw_dagster_float_repr(elapsed, ms) < 0)
-        die("clock");
-    success = dsw_xasprintf("{\"__class__\": \"StepSuccessData\", \"duration_ms\": %s}", ms);
-    msg = dsw_xasprintf("Finished execution of step \"" STEP "\" in %.0fms.", elapsed);
-    inside(f, "STEP_SUCCESS", msg, success, STEP, 10, NULL);
-    free(msg);
-    free(success);
-    msg = dsw_xasprintf("Finished steps in process (pid: %d) in %.0fms", f->pid, elapsed);
-    inside(f, "ENGINE_EVENT", msg, data, NULL, 10, NULL);
-    free(msg);
+    step_success(f, t0);
+    steps_finished(f, data, t0);
     free(data);
     msg = dsw_xasprintf("Finished execution of run for \"%s\".", f->job);
     inside(f, "PIPELINE_SUCCESS", msg, NULL, NULL, 10, "SUCCESS");
@@ -556,11 +622,29 @@ static void log_start(const struct fake *f, double t_main)
         close(fd);
 }
 
+/* ExecuteStepArgs: the one step key, its attempt (1 + previous_retry_attempts[key]) and
+ * print_serialized_events (absent: print, as 1.3 does). */
+static void parse_step(struct fake *f, json_t *args)
+{
+    json_t *keys = json_object_get(args, "step_keys_to_execute");
+    const char *key = json_string_value(json_array_get(keys, 0));
+    if (json_array_size(keys) != 1 || !key || !*key)
+        die("step_keys_to_execute must hold exactly one step key (fake_dagster runs one step)");
+    f->step_key = dsw_xstrdup(key);
+    f->step = f->step_key;
+    json_t *prev = json_object_get(
+        json_object_get(json_object_get(args, "known_state"), "previous_retry_attempts"), key);
+    f->attempt = 1 + (json_is_integer(prev) ? (int)json_integer_value(prev) : 0);
+    f->print_events = !json_is_false(json_object_get(args, "print_serialized_events"));
+}
+
 static void parse_args(struct fake *f, const char *input)
 {
     json_error_t err;
     json_t *args = json_loads(input, JSON_REJECT_DUPLICATES, &err);
-    const char *want = strcmp(f->kind, "resume_run") == 0 ? "ResumeRunArgs" : "ExecuteRunArgs";
+    const char *want = !strcmp(f->kind, "resume_run")     ? "ResumeRunArgs"
+                       : !strcmp(f->kind, "execute_step") ? "ExecuteStepArgs"
+                                                          : "ExecuteRunArgs";
     const char *cls = json_string_value(json_object_get(args, "__class__"));
     const char *id = json_string_value(json_object_get(args, "pipeline_run_id"));
     if (!args)
@@ -569,7 +653,69 @@ static void parse_args(struct fake *f, const char *input)
         die("dagster._check.CheckError: Deserialized object was not expected type %s", want);
     f->run_id = dsw_xstrdup(id);
     f->exit_code_on_failure = json_is_true(json_object_get(args, "set_exit_code_on_failure"));
+    if (!strcmp(f->kind, "execute_step"))
+        parse_step(f, args);
     json_decref(args);
+}
+
+/* verify_step's first case: attempt 1 of a step that has already started. */
+static int already_started(struct fake *f)
+{
+    const char *p[] = {f->run_id, f->step_key};
+    PGresult *r = sql(f,
+                      "SELECT count(*) FROM event_logs WHERE run_id = $1 AND step_key = $2 AND "
+                      "dagster_event_type = 'STEP_START'",
+                      2, p);
+    int started = atoi(PQgetvalue(r, 0, 0)) > 0;
+    PQclear(r);
+    return f->attempt == 1 && started;
+}
+
+/* _execute_step_command_body for one step: the step's events only, never the run's status. */
+static void execute_step(struct fake *f)
+{
+    double t0 = dsw_wall_time();
+    if (already_started(f)) {
+        char *msg = dsw_xasprintf("Attempted to run %s again even though it was already "
+                                  "started. Exiting to prevent re-running the step.",
+                                  f->step_key);
+        engine(f, msg, NULL, 0, 1);
+        free(msg);
+    } else {
+        step_start(f);
+        step_body(f);
+        if (behaves(f, "failure"))
+            step_user_failure(f);
+        else
+            step_success(f, t0);
+    }
+    if (f->print_events)
+        fputs(dsw_buf_str(&f->out), stdout);
+    fflush(stdout);
+    PQfinish(f->pg);
+    exit(0);
+}
+
+/* execute_run / resume_run after the start is counted and the run loaded. */
+static void start_run(struct fake *f)
+{
+    char pid[16], *msg;
+    snprintf(pid, sizeof(pid), "%d", f->pid);
+    struct dsw_kv meta[] = {{"pid", pid}};
+    msg = dsw_xasprintf(strcmp(f->kind, "resume_run") == 0
+                            ? "Started process for resuming pipeline (pid: %d)."
+                            : "Started process for run (pid: %d).",
+                        f->pid);
+    engine(f, msg, meta, 1, 0);
+    free(msg);
+    fprintf(stderr, "fake_dagster: run %s (%s) status %s behavior %s\n", f->run_id, f->job,
+            f->status, f->behavior);
+    fflush(stdout);
+
+    int startable = !strcmp(f->status, "NOT_STARTED") || !strcmp(f->status, "STARTING");
+    if (strcmp(f->kind, "resume_run") == 0 ? is_finished(f->status) : !startable)
+        refuse(f);
+    execute(f);
 }
 
 int main(int argc, char **argv)
@@ -577,12 +723,14 @@ int main(int argc, char **argv)
     struct fake f = {0};
     double t_main = dsw_wall_time();
     if (argc != 4 || strcmp(argv[1], "api") != 0 ||
-        (strcmp(argv[2], "execute_run") != 0 && strcmp(argv[2], "resume_run") != 0)) {
-        fprintf(stderr, "Usage: dagster api execute_run|resume_run INPUT_JSON\n");
+        (strcmp(argv[2], "execute_run") != 0 && strcmp(argv[2], "resume_run") != 0 &&
+         strcmp(argv[2], "execute_step") != 0)) {
+        fprintf(stderr, "Usage: dagster api execute_run|resume_run|execute_step INPUT_JSON\n");
         return 2;
     }
     f.kind = argv[2];
     f.pid = (int)getpid();
+    f.step = STEP;
     dsw_buf_init(&f.out, (size_t)16 << 20);
     parse_args(&f, argv[3]);
     log_start(&f, t_main);
@@ -600,23 +748,11 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-
-    char pid[16], *msg;
-    snprintf(pid, sizeof(pid), "%d", f.pid);
-    struct dsw_kv meta[] = {{"pid", pid}};
-    msg = dsw_xasprintf(strcmp(f.kind, "resume_run") == 0
-                            ? "Started process for resuming pipeline (pid: %d)."
-                            : "Started process for run (pid: %d).",
-                        f.pid);
-    engine(&f, msg, meta, 1, 0);
-    free(msg);
-    fprintf(stderr, "fake_dagster: run %s (%s) status %s behavior %s\n", f.run_id, f.job, f.status,
-            f.behavior);
-    fflush(stdout);
-
-    int startable = !strcmp(f.status, "NOT_STARTED") || !strcmp(f.status, "STARTING");
-    if (strcmp(f.kind, "resume_run") == 0 ? is_finished(f.status) : !startable)
-        refuse(&f);
-    execute(&f);
+    if (f.step_key) {
+        fprintf(stderr, "fake_dagster: run %s step %s attempt %d behavior %s\n", f.run_id,
+                f.step_key, f.attempt, f.behavior);
+        execute_step(&f);
+    }
+    start_run(&f);
     return 0;
 }

@@ -378,22 +378,53 @@ char *tu_claim_col(const char *run_id, const char *column)
                      2, p);
 }
 
-char *tu_run_envelope(const char *run_id)
+/* A TaskIQ envelope (a fresh task id) of task_name whose one kwarg holds packed (heap). */
+static char *taskiq_envelope(const char *task_name, const char *kwarg, const char *packed)
+{
+    char task[37];
+    tu_uuid(task);
+    return dsw_xasprintf("{\"task_id\": \"%.8s%.4s%.4s%.4s%.12s\", \"task_name\": \"%s\", "
+                         "\"labels\": {}, \"labels_types\": null, \"args\": [], \"kwargs\": "
+                         "{\"%s\": %s}}",
+                         task, task + 9, task + 14, task + 19, task + 24, task_name, kwarg, packed);
+}
+
+/* The stored run's pipeline_code_origin (heap). */
+static char *run_origin(const char *run_id)
 {
     const char *p[] = {run_id};
-    char *body = tu_pg_str("SELECT run_body FROM runs WHERE run_id = $1", 1, p), *origin = NULL,
-         *args = NULL, task[37];
+    char *body = tu_pg_str("SELECT run_body FROM runs WHERE run_id = $1", 1, p), *origin = NULL;
     assert_non_null(body);
     assert_int_equal(dsw_dagster_body_origin(body, &origin, NULL, NULL), 0);
+    free(body);
+    return origin;
+}
+
+char *tu_run_envelope(const char *run_id)
+{
+    char *origin = run_origin(run_id), *args = NULL;
     assert_int_equal(dsw_dagster_run_args(run_id, origin, NULL, 0, &args), 0);
-    tu_uuid(task);
-    char *env = dsw_xasprintf("{\"task_id\": \"%.8s%.4s%.4s%.4s%.12s\", \"task_name\": "
-                              "\"execute_job\", \"labels\": {}, \"labels_types\": null, "
-                              "\"args\": [], \"kwargs\": {\"execute_job_args_packed\": %s}}",
-                              task, task + 9, task + 14, task + 19, task + 24, args);
+    char *env = taskiq_envelope("execute_job", "execute_job_args_packed", args);
     free(args);
     free(origin);
-    free(body);
+    return env;
+}
+
+char *tu_step_envelope(const char *run_id, const char *step_key, int previous)
+{
+    char *origin = run_origin(run_id), *args = NULL, *known = NULL;
+    if (previous > 0)
+        known = dsw_xasprintf("{\"__class__\": \"KnownExecutionState\", \"dynamic_mappings\": "
+                              "{}, \"parent_state\": null, \"previous_retry_attempts\": "
+                              "{\"%s\": %d}, \"ready_outputs\": {\"__set__\": []}, "
+                              "\"step_output_versions\": []}",
+                              step_key, previous);
+    struct dsw_dagster_step step = {.step_key = step_key, .known_state = known, .print_events = -1};
+    assert_int_equal(dsw_dagster_step_args(run_id, origin, NULL, &step, &args), 0);
+    char *env = taskiq_envelope("execute_step", "execute_step_args_packed", args);
+    free(args);
+    free(known);
+    free(origin);
     return env;
 }
 
@@ -1104,6 +1135,14 @@ void tu_worker_teardown(struct tu_env *env)
 void tu_send_run(const struct tu_queue *q, const char *run_id, char *msg_id, size_t n)
 {
     char *body = tu_run_envelope(run_id);
+    tu_queue_send(q, body, msg_id, n);
+    free(body);
+}
+
+void tu_send_step(const struct tu_queue *q, const char *run_id, const char *step_key, int previous,
+                  char *msg_id, size_t n)
+{
+    char *body = tu_step_envelope(run_id, step_key, previous);
     tu_queue_send(q, body, msg_id, n);
     free(body);
 }

@@ -95,6 +95,9 @@ bool tu_run_event_has(const char *run_id, const char *needle);
 char *tu_claim_col(const char *run_id, const char *column);
 /* The TaskIQ execute_job envelope admin.c's enqueue sends, for an existing run (heap). */
 char *tu_run_envelope(const char *run_id);
+/* The TaskIQ execute_step envelope sqs_executor sends for step_key of an existing run, attempt
+ * 1 + previous (known_state null when previous is 0; no instance_ref) (heap). */
+char *tu_step_envelope(const char *run_id, const char *step_key, int previous);
 /* Whether str equals expect (NULL-safe); frees str. */
 bool tu_eq_free(char *str, const char *expect);
 
@@ -194,6 +197,9 @@ void tu_worker_teardown(struct tu_env *env);
     }
 /* Send run_id's execute_job envelope to q (msg_id, when not NULL, receives the MessageId). */
 void tu_send_run(const struct tu_queue *q, const char *run_id, char *msg_id, size_t n);
+/* Send tu_step_envelope(run_id, step_key, previous) to q (msg_id as for tu_send_run). */
+void tu_send_step(const struct tu_queue *q, const char *run_id, const char *step_key, int previous,
+                  char *msg_id, size_t n);
 /* A claim row for run_id as another (possibly dead) worker would have left it: state,
  * heartbeat age (an interval, e.g. '1 hour' or '0'), message id (may be NULL). Returns the
  * token. */
