@@ -129,7 +129,18 @@ done
 echo "purged"
 SH
 t0=$SECONDS
-if command -v podman >/dev/null && [ "$(id -u)" = 0 ] && podman --runtime runc info >/dev/null 2>&1; then
+# podman info can fail for a moment while another stage's podman holds its storage lock: ask
+# a few times before calling podman absent.
+podman_ok() {
+    command -v podman >/dev/null && [ "$(id -u)" = 0 ] || return 1
+    for _ in 1 2 3 4 5; do
+        podman --runtime runc info >/dev/null 2>&1 && return 0
+        sleep 3
+    done
+    podman --runtime runc info 2>&1 | tail -n 3 >&2
+    return 1
+}
+if podman_ok; then
     base=$(bash tests/deploy/base.sh)
     img=localhost/dsw-deb-test:bookworm
     # The base plus systemd (for systemd-sysusers, -tmpfiles and -analyze); cached by podman.
