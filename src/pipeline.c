@@ -660,6 +660,30 @@ static struct dsw_job_facts facts_of(const struct dsw_pipeline *p, const struct 
     };
 }
 
+/* The load took the claim too (dsw_store_load_claim's condition leaves execute as the only
+ * decision): go on as claim() would once won. Draining, or no run slot left since the load was
+ * sent: the claim is given back. */
+static void took_claim(struct dsw_pipeline *p, const struct dsw_store_run *run)
+{
+    if (run->claim_status) {
+        on_claimed(run->claim_status, NULL, p);
+        return;
+    }
+    p->token = run->won.token;
+    if (p->env->draining) {
+        give_back(p);
+        return;
+    }
+    if (p->action == DSW_JOB_EXECUTE && take_run_slot(p)) {
+        on_claimed(0, &run->won, p);
+        return;
+    }
+    if (dsw_store_release(p->env->cl->store, p->req.run_id, p->token, on_released, NULL))
+        dsw_warn("could not release the claim; it will go stale");
+    p->token = 0;
+    carry_out(p);
+}
+
 static void on_loaded(int status, const struct dsw_store_run *run, void *arg)
 {
     struct dsw_pipeline *p = arg;
@@ -690,6 +714,10 @@ static void on_loaded(int status, const struct dsw_store_run *run, void *arg)
          is_step(p) ? "step " : "",
          (const char *const[]){"none", "live", "stale", "done"}[p->facts.claim],
          dsw_job_action_name(p->action));
+    if (run->claimed) {
+        took_claim(p, run);
+        return;
+    }
     if (p->env->draining && p->action != DSW_JOB_DELETE_TERMINAL &&
         p->action != DSW_JOB_DELETE_DUPLICATE) {
         release(p);
@@ -707,9 +735,18 @@ static void load(struct dsw_pipeline *p, int status)
 {
     (void)status;
     p->state = S_LOADING;
+    struct dsw_pipeline_env *env = p->env;
     struct dsw_store_step_claim_req sr = step_req(p);
-    int rc = is_step(p) ? dsw_store_step_load(p->env->cl->store, &sr.key, on_loaded, p)
-                        : dsw_store_load(p->env->cl->store, p->req.run_id, on_loaded, p);
+    struct dsw_store_claim_req r = {.run_id = p->req.run_id,
+                                    .kind = "execute",
+                                    .message_id = p->has_message ? p->message_id : NULL,
+                                    .receive_count = p->receive_count};
+    /* A run slot free now: claim with the load (the common case, one round trip less). */
+    bool claim_too = !env->draining && env->runs_held < env->run_slots;
+    int rc = is_step(p)  ? dsw_store_step_load(env->cl->store, &sr.key, on_loaded, p)
+             : claim_too ? dsw_store_load_claim(env->cl->store, &r,
+                                                (int)env->conf->runs.max_receives, on_loaded, p)
+                         : dsw_store_load(env->cl->store, p->req.run_id, on_loaded, p);
     if (rc)
         schedule(p, load_refused, rc, 0);
 }

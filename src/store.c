@@ -110,6 +110,21 @@ static const char SQL_SET_VERSION[] = "INSERT INTO " SCHEMA ".schema_version (ve
 
 static const char SQL_LOAD[] =
     SQL_RUN_WITH_CLAIM(CLAIM_COLS("c."), CLAIMS " c ON c.run_id = r.run_id");
+/* SQL_LOAD with SQL_CLAIM's insert when nothing but execute can be decided; the inserted row's
+ * columns follow the load's (NULL when nothing was inserted). */
+static const char SQL_LOAD_CLAIM[] = "WITH l AS (" SQL_RUN_WITH_CLAIM(
+    CLAIM_COLS("c."),
+    CLAIMS " c ON c.run_id = r.run_id") "),"
+                                        " i AS (INSERT INTO " CLAIMS
+                                        " AS c (run_id, kind, worker_id, fencing_token, message_id,"
+                                        " receive_count, state) SELECT $1::text, 'execute', "
+                                        "$3::text, " FENCE ", $4::text, $5::int,"
+                                        " 'claimed' FROM l WHERE l.state IS NULL AND l.status IN "
+                                        "('NOT_STARTED', 'STARTING')"
+                                        " AND $5::int <= $6::int ON CONFLICT (run_id) DO NOTHING "
+                                        "RETURNING " CLAIM_COLS(
+                                            "c.") ")"
+                                                  " SELECT l.*, i.* FROM l LEFT JOIN i ON true";
 /* by_run_worker: for a terminal run, whether its last PIPELINE_SUCCESS/FAILURE event came from a
  * run worker (Dagster's run worker writes its pid in the event; instance.report_run_failed from
  * run monitoring, the UI or a script writes none). NULL when there is no such event. */
@@ -401,6 +416,14 @@ void store_on_load(int status, const struct dsw_db_result *r, void *arg)
         run.body = dsw_db_result_value(r, 0, 2);
         run.max_runtime_ms = max_runtime_ms(dsw_db_result_value(r, 0, 3), run.body);
         store_read_claim(c->s, r, 0, 4, &run.claim);
+        if (c->claiming)
+            store_read_claim(c->s, r, 0, 4 + NCLAIM_COLS, &run.won);
+        run.claimed = run.won.state != DSW_CLAIM_NONE;
+    }
+    /* Failpoint: the claim committed with the load; the caller has not heard of it yet. */
+    if (run.claimed) {
+        int fp = DSW_FAILPOINT("after_claim");
+        run.claim_status = fp < 0 ? fp : 0;
     }
     c->cb.load(status, status == 0 ? &run : NULL, c->arg);
     store_call_free(c);
@@ -414,6 +437,21 @@ int dsw_store_load(struct dsw_store *s, const char *run_id, dsw_store_load_cb cb
     c->cb.load = cb;
     const char *p[] = {run_id, TAG_MAX_RUNTIME};
     return store_call_query(c, SQL_LOAD, 2, p, store_on_load);
+}
+
+int dsw_store_load_claim(struct dsw_store *s, const struct dsw_store_claim_req *req,
+                         int max_receives, dsw_store_load_cb cb, void *arg)
+{
+    char rc[16], max[16];
+    if (!cb || !req || !req->run_id)
+        return -EINVAL;
+    snprintf(rc, sizeof(rc), "%d", req->receive_count);
+    snprintf(max, sizeof(max), "%d", max_receives);
+    struct call *c = store_call_new(s, req->run_id, arg);
+    c->cb.load = cb;
+    c->claiming = true;
+    const char *p[] = {req->run_id, TAG_MAX_RUNTIME, s->worker_id, req->message_id, rc, max};
+    return store_call_query(c, SQL_LOAD_CLAIM, 6, p, store_on_load);
 }
 
 static void on_poll(int status, const struct dsw_db_result *r, void *arg)

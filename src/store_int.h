@@ -63,7 +63,8 @@ struct call {
     char *step_key; /* a step claim's key (with run_id and attempt), for its re-read */
     int attempt;
     bool takeover;
-    int injected; /* failpoint "fail": the status reported once the statement is done */
+    bool claiming; /* dsw_store_load_claim: the inserted claim's columns follow the load's */
+    int injected;  /* failpoint "fail": the status reported once the statement is done */
 };
 
 struct call *store_call_new(struct dsw_store *s, const char *run_id, void *arg);

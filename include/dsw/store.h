@@ -120,6 +120,10 @@ struct dsw_store_run {
     int64_t max_runtime_ms;       /* tag dagster/max_runtime (run_tags, else the body's tags) in
                                      ms; 0 when absent or not a positive number */
     struct dsw_store_claim claim; /* the run's claim, DSW_CLAIM_NONE when there is none */
+    /* dsw_store_load_claim only: the claim this load took (claim above is then NONE) */
+    bool claimed;
+    int claim_status; /* 0, or the error a failpoint reports after the claim committed */
+    struct dsw_store_claim won;
 };
 typedef void (*dsw_store_load_cb)(int status, const struct dsw_store_run *run, void *arg);
 /* Load run_id. cb status 0 with run, -ENOENT (no such run; run NULL), or a db error. */
@@ -162,6 +166,14 @@ int dsw_store_claim(struct dsw_store *s, const struct dsw_store_claim_req *req,
  * current row (state NONE when it vanished); other negative: a db error. */
 int dsw_store_takeover(struct dsw_store *s, const struct dsw_store_claim_req *req,
                        int64_t seen_token, dsw_store_claim_cb cb, void *arg) DSW_WUR;
+/* dsw_store_load of req->run_id that, in the same statement, also claims it (kind "execute",
+ * as dsw_store_claim) when the load's facts can only decide execute (SPEC §4): the run is
+ * NOT_STARTED or STARTING, it has no claim row and req->receive_count <= max_receives. Then
+ * run->claimed with run->won the new row (run->claim_status: 0, or an injected failure) and
+ * run->claim NONE; otherwise as dsw_store_load (a claim lost to a racing insert: not claimed,
+ * claim NONE: the caller's own dsw_store_claim finds the winner). One round trip instead of two. */
+int dsw_store_load_claim(struct dsw_store *s, const struct dsw_store_claim_req *req,
+                         int max_receives, dsw_store_load_cb cb, void *arg) DSW_WUR;
 
 typedef void (*dsw_store_cb)(int status, void *arg);
 /* Refresh the lease: heartbeat_at = now() where run_id and token match and not done. cb status

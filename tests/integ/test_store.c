@@ -86,6 +86,8 @@ struct wait {
     enum dsw_store_status run_status;
     char job[64];
     int64_t max_runtime_ms;
+    bool claimed; /* load_claim */
+    int64_t won_token;
     /* sweep / poll */
     char ids[32][64];
     int nids;
@@ -332,6 +334,9 @@ static void on_load(int status, const struct dsw_store_run *run, void *arg)
         w->max_runtime_ms = run->max_runtime_ms;
         w->claim = run->claim;
         w->claim.worker_id = w->claim.kind = w->claim.message_id = w->claim.outcome = NULL;
+        w->claimed = run->claimed;
+        w->won_token = run->won.token;
+        assert_int_equal(run->claimed, run->won.state == DSW_CLAIM_CLAIMED);
     }
 }
 
@@ -431,6 +436,60 @@ static void test_schema_and_load(void **state)
     memset(&w, 0, sizeof(w));
     assert_int_equal(dsw_store_load(f.st[0], rid(&f, "ff", id), on_load, &w), 0);
     w_until(&f, &w);
+    assert_int_equal(w.status, -ENOENT);
+    teardown_fx(&f);
+}
+
+static struct wait load_claim(struct fx *f, int who, const char *id, int receive_count)
+{
+    struct wait w = {0};
+    struct dsw_store_claim_req req = {
+        .run_id = id, .kind = "execute", .message_id = "m-1", .receive_count = receive_count};
+    assert_int_equal(dsw_store_load_claim(f->st[who], &req, 3, on_load, &w), 0);
+    w_until(f, &w);
+    return w;
+}
+
+static const char *claim_rows(struct fx *f, const char *id)
+{
+    const char *p[] = {id};
+    return sql(f, "SELECT count(*)::text FROM dagster_sqs_worker.run_claims WHERE run_id = $1", 1,
+               p);
+}
+
+/* The load that claims too: only when execute is the only decision; else a plain load. */
+static void test_load_claim(void **state)
+{
+    struct fx f;
+    char id[40], started[40];
+    setup_fx(&f, 2);
+    struct wait w = load_claim(&f, 0, rid(&f, "0d", id), 1); /* NOT_STARTED, no claim */
+    assert_int_equal(w.status, 0);
+    assert_true(w.claimed);
+    assert_true(w.won_token > 0);
+    assert_int_equal(w.claim.state, DSW_CLAIM_NONE);
+    assert_int_equal(w.run_status, DSW_STATUS_NOT_STARTED);
+    assert_string_equal(claim_rows(&f, id), "1");
+    w = load_claim(&f, 1, id, 1); /* the other worker sees the claim, takes nothing */
+    assert_int_equal(w.status, 0);
+    assert_false(w.claimed);
+    assert_int_equal(w.claim.state, DSW_CLAIM_CLAIMED);
+    assert_true(w.claim.live);
+    const char *p[] = {rid(&f, "0c", started)};
+    sql(&f, "UPDATE runs SET status = 'STARTING' WHERE run_id = $1", 1, p);
+    w = load_claim(&f, 1, started, 4); /* more deliveries than max_receives: give-up row */
+    assert_false(w.claimed);
+    assert_string_equal(claim_rows(&f, started), "0");
+    sql(&f, "UPDATE runs SET status = 'STARTED' WHERE run_id = $1", 1, p);
+    w = load_claim(&f, 1, started, 1); /* STARTED with no claim: not ours */
+    assert_false(w.claimed);
+    assert_int_equal(w.run_status, DSW_STATUS_STARTED);
+    assert_string_equal(claim_rows(&f, started), "0");
+    sql(&f, "UPDATE runs SET status = 'STARTING' WHERE run_id = $1", 1, p);
+    w = load_claim(&f, 1, started, 3);
+    assert_true(w.claimed);
+    assert_string_equal(claim_rows(&f, started), "1");
+    w = load_claim(&f, 0, rid(&f, "ff", id), 1);
     assert_int_equal(w.status, -ENOENT);
     teardown_fx(&f);
 }
@@ -1281,6 +1340,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_schema_and_load),
+        cmocka_unit_test(test_load_claim),
         cmocka_unit_test(test_claim_race),
         cmocka_unit_test(test_takeover_and_fencing),
         cmocka_unit_test(test_two_sweepers),
