@@ -83,6 +83,26 @@ static void test_blocked_heartbeats_no_second_child(void **state)
     stop(b);
     tu_env_free(&blocked);
 }
+
+/* One daemon, heartbeats blocked: the message comes back to the daemon that holds it. The
+ * redelivery defers to the owner and hands it the newest receipt handle (SQS honours only the
+ * newest), so the owner's delete after SUCCESS empties the queue. */
+static void test_redelivery_refreshes_receipt(void **state)
+{
+    char id[37];
+    tu_run_new(id, "STARTING", RUN);
+    tu_send_run(&q, id, NULL, 0);
+    tu_env_set(&env, "DSW_FAILPOINTS", "visibility_round=fail");
+    tu_env_set(&env, "DSW_CLAIMS_TTL", "3s");
+    struct tu_daemon *a = tu_daemon_start(&env, (const char *const[]){"run", NULL});
+    assert_true(tu_wait_status(id, "SUCCESS", WAIT_MS));
+    assert_true(tu_wait_queue_empty(&q, WAIT_MS));
+    assert_true(count(a, "receive count 2") >= 1);
+    assert_true(count(a, "receipt_refreshed") >= 1);
+    assert_int_equal(count(a, "delete_failed"), 0);
+    assert_int_equal(tu_run_starts(id), 1);
+    stop(a);
+}
 #endif
 
 int main(void)
@@ -91,6 +111,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_heartbeats_keep_it_invisible, setup, teardown),
 #ifdef DSW_FAILPOINTS
         cmocka_unit_test_setup_teardown(test_blocked_heartbeats_no_second_child, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redelivery_refreshes_receipt, setup, teardown),
 #endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
