@@ -1,7 +1,7 @@
 /* job: the SPEC §4 decision table as a pure function. Rows are tried in order; the only
  * deviation from the table's literal order is that the give-up row (too many deliveries) is
  * tried before the rows that would spawn, as its purpose requires. dsw_job_decide_step is the
- * STEPS.md §5 table for a step message, in its literal order. */
+ * docs/steps.md §5 table for a step message, in its literal order. */
 #include "dsw/job.h"
 
 #include <string.h>

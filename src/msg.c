@@ -1,5 +1,5 @@
 /* msg: SQS message body -> validated run or step request, or a reject reason (SPEC §1,
- * STEPS.md §1). Pure: jansson
+ * docs/steps.md §1). Pure: jansson
  * parses with JSON_REJECT_DUPLICATES after the size check, every member is type-checked, class
  * names and run ids are matched exactly. Reject details are built from fixed text and numbers
  * only, so no byte of a (secret) body can reach a log line through them. */
@@ -372,7 +372,7 @@ static int check_members(struct ctx *c, json_t *args)
     return 0;
 }
 
-/* --- the serdes ExecuteStepArgs object (STEPS.md §1) ------------------------------------ */
+/* --- the serdes ExecuteStepArgs object (docs/steps.md §1) ------------------------------------ */
 
 /* step_keys_to_execute: exactly one string, 1..255 chars of [A-Za-z0-9_.,[]-]. */
 static int take_step_key(struct ctx *c, json_t *args)

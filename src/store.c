@@ -87,7 +87,7 @@ static const struct migration {
         " WHERE state <> 'done'"},
     {1, "CREATE TABLE IF NOT EXISTS " SCHEMA ".schema_version ("
         " version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"},
-    /* 2: step claims (STEPS.md §3), tokens from the same fence sequence. */
+    /* 2: step claims (docs/steps.md §3), tokens from the same fence sequence. */
     {2, "CREATE TABLE IF NOT EXISTS " STEPS " ("
         " run_id text NOT NULL,"
         " step_key text NOT NULL,"

@@ -1,4 +1,4 @@
-/* store_step: the SQL of step claims (STEPS.md §3), one row per (run id, step key, attempt) in
+/* store_step: the SQL of step claims (docs/steps.md §3), one row per (run id, step key, attempt) in
  * dagster_sqs_worker.step_claims, fenced by a token from the run claims' sequence and aged by
  * the database clock. Every function is one statement over store.c's call machinery
  * (store_int.h); leases are refreshed by dsw_store_heartbeat(_batch) with the run claims'. */
@@ -166,7 +166,7 @@ int dsw_store_step_exit(struct dsw_store *s, const struct dsw_store_step_exit *x
     snprintf(code, sizeof(code), "%d", x->exit_code);
     snprintf(sig, sizeof(sig), "%d", x->term_signal);
     const char *outcome = x->outcome ? x->outcome : x->term_signal ? "signaled" : "exited";
-    /* As STEPS.md §3 reads: exit_code set when it exited, term_signal when it was killed. */
+    /* As docs/steps.md §3 reads: exit_code set when it exited, term_signal when it was killed. */
     const char *p[] = {tok, x->term_signal ? NULL : code, x->term_signal ? sig : NULL, outcome};
     return token_statement(s, SQL_STEP_EXIT, 4, p, cb, arg);
 }

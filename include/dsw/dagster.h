@@ -93,14 +93,14 @@ int dsw_dagster_body_tag(const char *run_body, const char *key, char **out) DSW_
 int dsw_dagster_run_args(const char *run_id, const char *origin_json, const char *instance_ref_json,
                          int resume, char **out) DSW_WUR;
 
-/* The step of an ExecuteStepArgs for the child (STEPS.md §2). */
+/* The step of an ExecuteStepArgs for the child (docs/steps.md §2). */
 struct dsw_dagster_step {
     const char *step_key;
     const char *known_state; /* JSON text or NULL (writes null) */
     const char *retry_mode;  /* JSON text or NULL (writes null) */
     int print_events;        /* < 0: leave the field out; else false/true */
 };
-/* The ExecuteStepArgs JSON of STEPS.md §2 for the child (caller frees *out). 0 or -EINVAL
+/* The ExecuteStepArgs JSON of docs/steps.md §2 for the child (caller frees *out). 0 or -EINVAL
  * (bad arguments, known_state/retry_mode not JSON). */
 /* {"__class__": "ExecuteStepArgs", "instance_ref": <instance_ref_json or null>, "known_state":
  * <known_state or null>, "pipeline_origin": <origin>, "pipeline_run_id": <run_id>,

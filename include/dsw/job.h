@@ -1,4 +1,4 @@
-/* job: what to do with one delivered message (SPEC §4 for runs, STEPS.md §5 for steps). The
+/* job: what to do with one delivered message (SPEC §4 for runs, docs/steps.md §5 for steps). The
  * decision is a pure function of the run's status, the run's (or the step's) claim and the
  * delivery, so every row of both tables is unit-tested without services; the worker carries
  * the decision out. */
@@ -52,7 +52,7 @@ struct dsw_job_facts {
  * so a run that keeps killing its workers cannot loop forever. */
 enum dsw_job_action dsw_job_decide(const struct dsw_job_facts *f);
 
-/* STEPS.md §5 with the same facts (resume fields ignored) and actions: DELETE_TERMINAL (run
+/* docs/steps.md §5 with the same facts (resume fields ignored) and actions: DELETE_TERMINAL (run
  * terminal or CANCELING), DELETE_UNEXPECTED, DELETE_DUPLICATE, DEFER_OWNED, RECORD_LOST (stale),
  * RECORD_GIVE_UP, EXECUTE. */
 enum dsw_job_action dsw_job_decide_step(const struct dsw_job_facts *f);

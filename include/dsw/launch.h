@@ -26,7 +26,7 @@ struct dsw_launch {
     const char *body;         /* runs.run_body of the run */
     const char *instance_ref; /* the message's instance_ref JSON, or NULL */
     bool resume;              /* resume_run instead of execute_run */
-    /* A step (STEPS.md): `api execute_step <ExecuteStepArgs JSON>` for its one step key, built
+    /* A step (docs/steps.md): `api execute_step <ExecuteStepArgs JSON>` for its one step key, built
      * from the stored run as for runs; always cold. NULL: a run. */
     const struct dsw_dagster_step *step;
     int64_t max_runtime_ms; /* the run's dagster/max_runtime, 0: none */

@@ -4,7 +4,7 @@
  * args[0]), the bare serdes ExecuteRunArgs / ResumeRunArgs / ExecuteStepArgs object, and a
  * Celery message as kombu's SQS transport writes it (execute_job, resume_job, and
  * dagster-celery's execute_plan step task; also with kombu's zlib compression,
- * headers.compression = application/x-gzip). A step (STEPS.md §1) names exactly one step key;
+ * headers.compression = application/x-gzip). A step (docs/steps.md §1) names exactly one step key;
  * its attempt is 1 + known_state.previous_retry_attempts[step key].
  * No I/O, no logging, no globals: safe to fuzz and to call from any thread.
  * Every body is treated as secret: nothing from it reaches a reject detail. */
@@ -34,7 +34,7 @@ enum dsw_msg_reason {
     DSW_MSG_BAD_JSON,                /* "bad_json": not (base64 of) strict JSON, or too deep */
     DSW_MSG_BAD_ENVELOPE,            /* "bad_envelope": JSON, but not a shape we know; for a
                                         step also: not exactly one step key, a bad key, attempt
-                                        or retry_mode (STEPS.md §1) */
+                                        or retry_mode (docs/steps.md §1) */
     DSW_MSG_UNSUPPORTED_TASK,        /* "unsupported_task": a task name other than those above
                                         (e.g. execute_plan in a TaskIQ envelope) */
     DSW_MSG_BAD_CLASS,               /* "bad_class": a serdes __class__ other than expected
@@ -125,7 +125,7 @@ const char *dsw_msg_form_name(enum dsw_msg_form form);
  * Exposed so that other entry points (enqueue RUN_ID) apply the same rule. */
 int dsw_msg_run_id_valid(const char *run_id, int strict);
 
-/* Check a step key against STEPS.md §1: 1..DSW_MSG_STEP_KEY_MAX chars of [A-Za-z0-9_.,[]-].
+/* Check a step key against docs/steps.md §1: 1..DSW_MSG_STEP_KEY_MAX chars of [A-Za-z0-9_.,[]-].
  * 1 if valid, else 0. */
 int dsw_msg_step_key_valid(const char *step_key);
 

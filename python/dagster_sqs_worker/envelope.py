@@ -1,4 +1,4 @@
-"""The TaskIQ envelopes dagster-sqs-worker reads (SPEC §1.1, STEPS.md §1), built with Dagster's
+"""The TaskIQ envelopes dagster-sqs-worker reads (SPEC §1.1, docs/steps.md §1), built with Dagster's
 own serdes. One code path (:func:`wrap` around :func:`pack`) makes every form.
 
 ``{"task_id": "<32 hex>", "task_name": TASK, "labels": {}, "labels_types": null, "args": [],
@@ -12,7 +12,7 @@ serialization (sorted keys, storage names ``pipeline_origin`` / ``pipeline_run_i
   test compares the two message by message.
 - ``execute_step`` / ``execute_step_args_packed``: the ``ExecuteStepArgs`` Dagster's
   StepDelegatingExecutor hands its step handler, as they are, for exactly one step key
-  (STEPS.md §1: the daemon rejects anything else as ``bad_envelope``, and so does
+  (docs/steps.md §1: the daemon rejects anything else as ``bad_envelope``, and so does
   :func:`step_envelope`, before sending).
 
 The step's ATTEMPT (1-based, the step claim's key with run id and step key) is
@@ -42,7 +42,7 @@ _STEP_KEY_RE = re.compile(r"[A-Za-z0-9_.,\[\]-]{1,%d}" % STEP_KEY_MAX)
 
 
 class BadStepArgs(ValueError):
-    """ExecuteStepArgs the daemon would reject as bad_envelope (STEPS.md §1)."""
+    """ExecuteStepArgs the daemon would reject as bad_envelope (docs/steps.md §1)."""
 
 
 def wrap(task_name: str, packed: Dict[str, Any], task_id: Optional[str] = None) -> str:
@@ -103,7 +103,7 @@ def check_step_key(step_key: Any) -> str:
 
 
 def attempt_of(previous_retry_attempts: Optional[Mapping[str, Any]], step_key: str) -> int:
-    """STEPS.md §1: 1 + previous_retry_attempts[step_key]; 0, absent or no mapping -> 1."""
+    """docs/steps.md §1: 1 + previous_retry_attempts[step_key]; 0, absent or no mapping -> 1."""
     n = (previous_retry_attempts or {}).get(step_key, 0)
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_PREVIOUS_ATTEMPTS:
         raise BadStepArgs(

@@ -3,10 +3,10 @@
 Built on Dagster's StepDelegatingExecutor (as the Docker and Kubernetes step executors are):
 the run worker plans the run and tails its event log, and :class:`SqsStepHandler`
 
-- ``launch_step``: sends the ``execute_step`` TaskIQ envelope (STEPS.md §1, built by
+- ``launch_step``: sends the ``execute_step`` TaskIQ envelope (docs/steps.md §1, built by
   :func:`envelope.step_envelope`) to the queue with the launcher's SQS client and send path;
 - ``check_step_health``: judges the step attempt's claim in ``dagster_sqs_worker.step_claims``
-  (STEPS.md §4, :mod:`step_claims`) through the instance's own PostgreSQL connections;
+  (docs/steps.md §4, :mod:`step_claims`) through the instance's own PostgreSQL connections;
 - ``terminate_step``: sets the claim's ``stop_requested_at``; the owning daemon stops the step.
 
 .. code-block:: python

@@ -1,4 +1,4 @@
-"""Read dagster-sqs-worker's step claims and judge a step's health from them (STEPS.md §3-§4).
+"""Read dagster-sqs-worker's step claims and judge a step's health from them (docs/steps.md §3-§4).
 
 The daemon keeps one row per step attempt in ``dagster_sqs_worker.step_claims`` (schema
 version 2 of ``dagster-sqs-worker db-init``), keyed by (run id, step key, attempt), the attempt
@@ -64,7 +64,7 @@ _SQL_REQUEST_STOP = (
     " AND state <> 'done' AND stop_requested_at IS NULL"
 )
 
-# What a done claim's outcome means, for the unhealthy reason (STEPS.md §3).
+# What a done claim's outcome means, for the unhealthy reason (docs/steps.md §3).
 _OUTCOME_WORDS = {
     "stopped": "stopped on request (terminate_step)",
     "canceled": "canceled: the run was canceling or finished",
@@ -113,7 +113,7 @@ class StepClaim(OwnerWords):
 
 
     def live(self, ttl_s: float) -> bool:
-        """STEPS.md §3: not done and heartbeat_at >= now() - claims.ttl."""
+        """docs/steps.md §3: not done and heartbeat_at >= now() - claims.ttl."""
         return not self.done and self.heartbeat_age_s <= ttl_s
 
     def exited_zero(self) -> bool:
@@ -217,7 +217,7 @@ def assess(
     ttl_s: float = DEFAULT_CLAIM_TTL_S,
     terminal_event: Optional[bool] = None,
 ) -> StepHealth:
-    """STEPS.md §4. ``terminal_event``: whether the step's own terminal event was written after
+    """docs/steps.md §4. ``terminal_event``: whether the step's own terminal event was written after
     the claim's claimed_at (needed only when :func:`needs_event_check`)."""
     if claim is None:
         return StepHealth(True, f"no claim yet for {key}: its message is queued or being received")

@@ -260,7 +260,7 @@ def _attempt(args: Any) -> int:
 
 
 def test_attempt_from_real_known_state(ran: Ran) -> None:
-    """flaky's retry carries previous_retry_attempts {flaky: 1}: attempt 2 (STEPS.md §1)."""
+    """flaky's retry carries previous_retry_attempts {flaky: 1}: attempt 2 (docs/steps.md §1)."""
     attempts = sorted((c.execute_step_args.step_keys_to_execute[0],
                        _attempt(c.execute_step_args)) for c in ran.contexts)
     assert attempts == [("add", 1), ("flaky", 1), ("flaky", 2), ("one", 1)]
@@ -340,7 +340,7 @@ def test_more_than_one_step_is_refused_before_sending(ran: Ran) -> None:
         envelope.step_envelope(args)
 
 
-# ---- check_step_health: every row of STEPS.md §4 --------------------------------------------
+# ---- check_step_health: every row of docs/steps.md §4 --------------------------------------------
 
 
 def _claim(r: Ran, step_key: str, attempt: int, **kw: Any) -> None:

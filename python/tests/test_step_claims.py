@@ -1,5 +1,5 @@
 """step_claims against a real PostgreSQL whose claims schema (version 2) was made by the daemon's
-db-init, and the attempt/step-key rules of envelope (STEPS.md §1) without Dagster.
+db-init, and the attempt/step-key rules of envelope (docs/steps.md §1) without Dagster.
 
 Claim rows and Dagster events are inserted directly and aged with the database clock
 (heartbeat_at = now() - interval), so every §4 row is exact, not timing-dependent.
@@ -98,7 +98,7 @@ def new_key(step_key: str = "fan.out[3]", attempt: int = 1) -> sc.StepKey:
     return sc.StepKey(str(uuid.uuid4()), step_key, attempt)
 
 
-# ---- the attempt and step-key rules (STEPS.md §1) ------------------------------------------
+# ---- the attempt and step-key rules (docs/steps.md §1) ------------------------------------------
 
 
 @pytest.mark.parametrize("prev,attempt", [(None, 1), ({}, 1), ({"s": 0}, 1), ({"other": 4}, 1),
@@ -124,7 +124,7 @@ def test_step_key_refused(key: Any) -> None:
         envelope.check_step_key(key)
 
 
-# ---- health: every row of STEPS.md §4 --------------------------------------------------------
+# ---- health: every row of docs/steps.md §4 -------------------------------------------------------
 
 
 def test_no_row_is_healthy(conn: Any) -> None:

@@ -1,5 +1,5 @@
-/* store's step claims (STEPS.md §3, §7) against a real PostgreSQL, each test in a database of its
- * own (tu_pg_fresh_db: the sweep and the summary count every row): db-init's upgrade of a
+/* store's step claims (docs/steps.md §3, §7) against a real PostgreSQL, each test in a database of
+ * its own (tu_pg_fresh_db: the sweep and the summary count every row): db-init's upgrade of a
  * version-1 schema in place, the claim race, fenced launch/exit/release, close of a stale claim
  * or of a key nobody claimed, stop requests, the sweep, heartbeats mixing run and step leases,
  * the load by the database clock and the summary. No callback fires from inside its call; every
@@ -620,7 +620,7 @@ static void test_release(void **state)
 
 /* ---- stops, sweep --------------------------------------------------------------------------- */
 
-/* terminate_step's statement (STEPS.md §4). */
+/* terminate_step's statement (docs/steps.md §4). */
 static void request_stop(struct fx *f, const char *step)
 {
     const char *p[] = {f->run, step};

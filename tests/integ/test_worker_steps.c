@@ -1,5 +1,5 @@
-/* Step messages (issue 18, STEPS.md §5, §6) under the real daemon: a STARTED run whose steps the
- * test sends as sqs_executor would (tu_send_step); the fake dagster's `api execute_step` writes
+/* Step messages (issue 18, docs/steps.md §5, §6) under the real daemon: a STARTED run whose steps
+ * the test sends as sqs_executor would (tu_send_step); the fake dagster's `api execute_step` writes
  * the step's events by the run's dsw/test_behavior tag. Each case checks the step claims, the
  * fake's starts (child_starts, argv_kind execute_step, per step key), the queue, and that the
  * run's status is never written by the daemon or the step. */

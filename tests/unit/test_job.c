@@ -95,7 +95,7 @@ static void test_table(void **state)
     }
 }
 
-/* STEPS.md section 5, every row in its order: the first matching row wins. */
+/* docs/steps.md section 5, every row in its order: the first matching row wins. */
 struct step_row {
     const char *status;
     enum dsw_job_claim claim;

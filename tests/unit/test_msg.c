@@ -716,7 +716,7 @@ static const struct bad_case bad_cases[] = {
     /* tasks */
     {"execute_plan", TQ("\"execute_plan\"", "{\"execute_step_args_packed\": {}}"), 0,
      DSW_MSG_UNSUPPORTED_TASK},
-    /* steps (STEPS.md section 1) */
+    /* steps (docs/steps.md section 1) */
     {"step ok", STEP(STEP_ARGS("[\"s1\"]", "")), 0, DSW_MSG_OK},
     {"step attempt 1000", STEP(STEP_ARGS("[\"s1\"]", PREV("1000"))), 0, DSW_MSG_OK},
     {"step two keys", STEP(STEP_ARGS("[\"s1\", \"s2\"]", "")), 0, DSW_MSG_BAD_ENVELOPE},

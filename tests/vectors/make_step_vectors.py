@@ -163,7 +163,7 @@ def write(name: str, text: str) -> None:
 
 
 def taskiq(args: ExecuteStepArgs) -> str:
-    """The execute_step TaskIQ envelope (STEPS.md section 1), packed args as a JSON string."""
+    """The execute_step TaskIQ envelope (docs/steps.md section 1), packed args as a JSON string."""
     env = {
         "task_id": "0123456789abcdef0123456789abcd03",
         "task_name": "execute_step",
