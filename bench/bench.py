@@ -161,7 +161,8 @@ class Bench:
         self.o = o
         self.out = o.out
         os.makedirs(self.out, exist_ok=True)
-        self.daemon = os.path.join(o.build, "dagster-sqs-worker")
+        # BENCH_DAEMON: another daemon binary (e.g. an older commit's, for before/after rows)
+        self.daemon = os.environ.get("BENCH_DAEMON") or os.path.join(o.build, "dagster-sqs-worker")
         self.child = os.path.join(o.build, "fake_dagster")
         self.pg_admin = o.pg
         self.pg_worker = o.pg + " user=bench_worker"
@@ -657,7 +658,7 @@ class Bench:
         w = self.start_daemon(o.fauxqs, url, n, "scale",
                               {"DSW_QUEUE_HEARTBEAT": o.scale_heartbeat})
         t_start = time.time()
-        deadline = t_start + max(10, min(120, o.scale_sleep - 10))
+        deadline = t_start + max(10, min(300, o.scale_sleep - 30))
         inflight = 0
         while time.time() < deadline:
             inflight = self.msum(self.metrics(w), "dsw_runs_in_flight")
@@ -821,8 +822,8 @@ def main():
     ap.add_argument("--lat-msgs", type=int, default=60)
     ap.add_argument("--lat-interval", type=float, default=0.3)
     ap.add_argument("--idle", type=float, default=60)
-    ap.add_argument("--scale-runs", type=int, default=500)
-    ap.add_argument("--scale-sleep", type=float, default=120)
+    ap.add_argument("--scale-runs", type=int, default=2000)
+    ap.add_argument("--scale-sleep", type=float, default=240)
     ap.add_argument("--scale-heartbeat", default="5s")
     ap.add_argument("--scale-window", type=float, default=20)
     ap.add_argument("--timeout", type=float, default=600)

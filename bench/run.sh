@@ -36,10 +36,10 @@ trap '"$here/scripts/services.sh" stop "$svc" >/dev/null 2>&1 || true; rm -rf "$
 . "$svc/env"
 
 # The same cluster, restarted with pg_stat_statements (Postgres round trips per worker role) and
-# room for 500 concurrent children, each with its own session.
+# room for 2,000 concurrent children, each with its own session.
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 as_pg "$DSW_TEST_PG_BIN/pg_ctl" -D "$DSW_TEST_PG_DATA" -w -t 60 -m fast restart \
-    -o "-p $DSW_TEST_PG_PORT -k $svc/pg -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=700 -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track_utility=on" \
+    -o "-p $DSW_TEST_PG_PORT -k $svc/pg -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=2400 -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track_utility=on" \
     -l "$svc/pg/server.log" >/dev/null
 
 echo "bench: load before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) CPUs; output in $out" >&2

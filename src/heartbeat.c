@@ -11,7 +11,7 @@
 #define SQS_MAX_VIS_S (12 * 3600)
 /* A NOTIFY naming a watched run polls within this long: the notifications of that window
  * share one statement. */
-#define NOTIFY_COALESCE_MS 25
+#define NOTIFY_COALESCE_MS 100
 /* Leases refreshed by one statement. */
 #define LEASE_BATCH 500
 

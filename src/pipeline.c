@@ -41,6 +41,7 @@ struct dsw_pipeline {
     bool failed;        /* exec mode: the body was not processed */
     bool slot_returned; /* env->done was called */
     bool run_slot;      /* counted in env->runs_held */
+    bool finishing;     /* counted in env->finishing */
     /* the message */
     bool has_message; /* false in exec mode */
     char message_id[128];
@@ -115,9 +116,25 @@ static void give_slot_back(struct dsw_pipeline *p)
     p->slot_returned = true;
     dsw_list_remove(&p->link);
     p->env->used--;
+    if (p->finishing)
+        p->env->finishing--;
     if (p->run_slot)
         p->env->runs_held--;
     p->env->done(p->failed, p->env->arg);
+}
+
+/* Nothing but a coalesced delete is left: the slot may take the next message now (it stays in
+ * env->used, so a drain still waits for the delete). */
+static void delete_pending(struct dsw_pipeline *p)
+{
+    struct dsw_pipeline_env *env = p->env;
+    p->finishing = true;
+    env->finishing++;
+    if (p->run_slot) {
+        p->run_slot = false;
+        env->runs_held--;
+    }
+    env->done(false, env->arg);
 }
 
 struct dsw_pipeline *dsw_pipeline_next(const struct dsw_pipeline_env *env,
@@ -228,11 +245,14 @@ static void delete_message(struct dsw_pipeline *p, const char *reason)
     struct dsw_sqs_entry e = {.id = "m", .receipt_handle = p->receipt};
     struct dsw_sqs *sqs = p->env->cl->sqs;
     const char *url = p->env->conf->queue.url;
-    if (p->env->draining ? dsw_sqs_delete_batch(sqs, url, &e, 1, on_deleted, p)
-                         : dsw_sqs_delete(sqs, url, p->receipt, on_deleted, p))
+    bool draining = p->env->draining;
+    if (draining ? dsw_sqs_delete_batch(sqs, url, &e, 1, on_deleted, p)
+                 : dsw_sqs_delete(sqs, url, p->receipt, on_deleted, p))
         schedule(p, finished_step, 0, 0);
-    else
+    else if (draining)
         final_call_sent(p);
+    else
+        delete_pending(p);
 }
 
 /* Make the message visible again after visibility_s (0: at once). */

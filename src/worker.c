@@ -34,6 +34,8 @@ extern char **environ;
 /* While draining, a long poll in flight gets queue.wait_time plus this to come back. */
 #define RECEIVE_SLACK_MS 2000
 #define SQS_MAX_VIS_MS   (12LL * 3600 * 1000)
+/* With a backlog, a receive waits up to this long for half a batch of free slots. */
+#define RECEIVE_GATHER_MS 50
 
 struct worker;
 
@@ -58,6 +60,8 @@ struct worker {
     bool started; /* the schema check passed: receiving may begin */
     int exit_code;
     uint64_t receive_retry_ms;
+    bool backlog;          /* the last receive brought messages: more are likely waiting */
+    uint64_t gather_since; /* when the receive started waiting for free slots (0: not) */
     uv_timer_t timers[T_COUNT];
     uv_signal_t sigs[SIG_COUNT];
     size_t ntimers, nsigs; /* initialised so far (closed at stop) */
@@ -141,6 +145,7 @@ static void on_received(int status, const struct dsw_sqs_message *msgs, size_t n
         return;
     }
     w->receive_retry_ms = 0;
+    w->backlog = n > 0;
     double now_wall_ms = dsw_wall_time() * 1000.0;
     for (size_t i = 0; i < n; i++) {
         dsw_metrics_inc(DSW_METRIC_MESSAGES_RECEIVED, NULL, 1);
@@ -176,17 +181,37 @@ static void receive_later(struct worker *w, uint64_t ms)
     uv_timer_start(&w->timers[T_RECEIVE], on_receive_timer, ms, 0);
 }
 
+/* With a backlog and fewer than half a batch of slots free, a receive per freed slot would cost
+ * about a request per run: wait for more to free up, RECEIVE_GATHER_MS at most. True: wait. */
+static bool gather_slots(struct worker *w, int free_slots)
+{
+    int half = (DSW_MIN(w->nslots, DSW_SQS_MAX_BATCH) + 1) / 2;
+    uint64_t now = dsw_now_ms();
+    if (!w->backlog || free_slots >= half ||
+        (w->gather_since && now - w->gather_since >= RECEIVE_GATHER_MS)) {
+        w->gather_since = 0;
+        return false;
+    }
+    if (!w->gather_since) {
+        w->gather_since = now;
+        receive_later(w, RECEIVE_GATHER_MS);
+    }
+    return true;
+}
+
 static void maybe_receive(struct worker *w)
 {
     const struct dsw_conf *conf = w->conf;
     if (!w->started || w->receiving || w->pl.draining || w->stopped || !w->db_up ||
-        w->mode == DSW_WORKER_EXEC || uv_is_active((uv_handle_t *)&w->timers[T_RECEIVE]))
+        w->mode == DSW_WORKER_EXEC ||
+        (uv_is_active((uv_handle_t *)&w->timers[T_RECEIVE]) && !w->gather_since))
         return;
     if (w->mode == DSW_WORKER_ONCE && w->received_once)
         return;
-    int free_slots = w->nslots - w->pl.used;
-    if (free_slots <= 0)
+    int free_slots = w->nslots - (w->pl.used - w->pl.finishing);
+    if (free_slots <= 0 || gather_slots(w, free_slots))
         return;
+    uv_timer_stop(&w->timers[T_RECEIVE]);
     int max = w->mode == DSW_WORKER_ONCE ? 1 : DSW_MIN(free_slots, DSW_SQS_MAX_BATCH);
     int rc = dsw_sqs_receive(w->cl.sqs, conf->queue.url, max, sqs_seconds(conf->queue.wait_time_ms),
                              sqs_seconds(conf->queue.visibility_timeout_ms), on_received, w);

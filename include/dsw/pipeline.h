@@ -49,6 +49,7 @@ struct dsw_pipeline_env {
     struct dsw_list slots;
     int used;
     int runs_held;
+    int finishing; /* of used: done but for their coalesced delete (env->done was called) */
 };
 
 /* ---- one message -------------------------------------------------------------------------- */

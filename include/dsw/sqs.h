@@ -157,7 +157,7 @@ int dsw_sqs_delete_batch(struct dsw_sqs *s, const char *queue_url,
  * or, when the call itself failed, the call's status with n = 0. Closing the client sends
  * what waits and then cancels it like every other call (-ECANCELED). 0, -EINVAL or
  * -ESHUTDOWN. */
-#define DSW_SQS_DELETE_DELAY_MS 20
+#define DSW_SQS_DELETE_DELAY_MS 100
 int dsw_sqs_delete(struct dsw_sqs *s, const char *queue_url, const char *receipt_handle,
                    dsw_sqs_batch_cb cb, void *arg) DSW_WUR;
 
