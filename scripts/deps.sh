@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what building, testing and the demo need on Debian 12, only what is missing:
 # the C toolchain and libraries, PostgreSQL, Node.js + the pinned fauxqs, clang for the fuzzers,
-# Celery/kombu for the Celery-producer test, and moto (pip, only where PyPI is reachable).
+# Celery/kombu for the Celery-producer test, pytest and mypy for the Dagster side, and moto (pip,
+# only where PyPI is reachable).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -10,7 +11,7 @@ sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 pkgs=(build-essential cmake pkg-config curl ca-certificates libuv1-dev libcurl4-openssl-dev
       libjansson-dev libpq-dev libssl-dev zlib1g-dev libcmocka-dev postgresql postgresql-client
       clang libclang-rt-14-dev valgrind python3 python3-kombu python3-boto3 python3-pycurl
-      systemd)
+      python3-pytest mypy systemd)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

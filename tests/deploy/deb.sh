@@ -20,7 +20,8 @@ log() { echo "deb: $*"; }
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
-for p in dpkg-shlibdeps:dpkg-dev lintian:lintian; do
+# podman, runc and debootstrap for the install in a Debian 12 container (tests/deploy/base.sh).
+for p in dpkg-shlibdeps:dpkg-dev lintian:lintian podman:podman runc:runc debootstrap:debootstrap; do
     command -v "${p%%:*}" >/dev/null || need+=("${p#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
