@@ -667,7 +667,14 @@ class Bench:
             time.sleep(0.1)
         ramp = time.time() - t_start
         log("scale: %d in flight after %.1f s" % (inflight, ramp))
-        # let the launch records of the last spawns drain from the daemon's one Postgres session
+        # steady state: every launch record written (they queue on the daemon's one Postgres
+        # session behind the spawns), then 5 s more
+        while time.time() < deadline + 120 and self.sql(
+                "SELECT count(*) FROM dagster_sqs_worker.run_claims WHERE run_id = ANY(%s)"
+                " AND state = 'running'", (ids,))[0][0] < n:
+            time.sleep(0.5)
+        recorded = time.time() - t_start
+        log("scale: every launch recorded after %.1f s" % recorded)
         time.sleep(5)
         window = max(5.0, min(o.scale_window, o.scale_sleep - (time.time() - t_start) - 3))
         m0 = self.metrics(w)
@@ -686,6 +693,7 @@ class Bench:
             self.msum(m0, "dsw_sqs_requests_total", lab)
         res = {
             "runs": n, "sleep": o.scale_sleep, "heartbeat": o.scale_heartbeat, "ramp_s": ramp,
+            "recorded_s": recorded,
             "in_flight": inflight, "window_s": el, "rss_kb": statistics.median(s.rss),
             "peak_rss_kb": s.peak_rss, "cpu_pct": cpu / el * 100,
             "sqs_rps": d() / el, "vis_rps": d('op="change_visibility') / el,
@@ -780,15 +788,20 @@ def table(b):
     if S:
         lines.append("")
         lines.append("scale (daemon, fauxqs): %d runs in flight (child sleep:%g, queue.heartbeat %s, "
-                     "claims.heartbeat 10s), %.0f s window after %.1f s ramp" % (
-                         S["in_flight"], S["sleep"], S["heartbeat"], S["window_s"], S["ramp_s"]))
+                     "claims.heartbeat 10s), %.0f s window after %.1f s ramp, every launch "
+                     "recorded at %.1f s" % (S["in_flight"], S["sleep"], S["heartbeat"],
+                                             S["window_s"], S["ramp_s"], S.get("recorded_s", -1)))
         hb = float(S["heartbeat"].rstrip("s"))
+        per10 = 10.0 / max(1.0, S["in_flight"])
         lines.append("  worker RSS MiB median / peak            %8.1f / %.1f" % (
             S["rss_kb"] / 1024, S["peak_rss_kb"] / 1024))
         lines.append("  worker CPU %% of one core                %8.2f" % S["cpu_pct"])
         lines.append("  SQS requests/s (all / visibility)       %8.2f / %.2f  (at the default 30 s "
                      "heartbeat: %.2f/s)" % (S["sqs_rps"], S["vis_rps"], S["vis_rps"] * hb / 30))
-        lines.append("  Postgres statements/s (worker)          %8.1f" % S["pg_rps"])
+        lines.append("  visibility requests per 10 runs per heartbeat %5.2f" % (
+            S["vis_rps"] * hb * per10))
+        lines.append("  Postgres statements/s (worker)          %8.1f  (%.2f per 10 runs per 10 s "
+                     "lease heartbeat)" % (S["pg_rps"], S["pg_rps"] * 10 * per10))
         lines.append("  runs not SUCCESS at the end             %8d" % S.get("failed", -1))
     lines.append("")
     lines.append("load average (1 min) at the start of each phase: " + ", ".join(

@@ -177,6 +177,15 @@ static void retry(struct dsw_pipeline *p, step_fn fn)
     schedule(p, fn, 0, p->retry_ms / 2 + jitter);
 }
 
+/* A statement failed with a database error: count it, say what could not be done, try again. */
+static void retry_db(struct dsw_pipeline *p, step_fn fn, int status, const char *event,
+                     const char *what)
+{
+    dsw_metrics_inc(DSW_METRIC_DB_ERRORS, NULL, 1);
+    plog(DSW_LOG_WARN, p, event, "could not %s (%s); retrying", what, strerror(-status));
+    retry(p, fn);
+}
+
 static void finished_step(struct dsw_pipeline *p, int status)
 {
     (void)status;
@@ -350,10 +359,7 @@ static void on_step_closed(int status, void *arg)
         return;
     }
     if (status) {
-        dsw_metrics_inc(DSW_METRIC_DB_ERRORS, NULL, 1);
-        plog(DSW_LOG_WARN, p, "record_retry", "could not record the step's outcome (%s); retrying",
-             strerror(-status));
-        retry(p, step_closed_again);
+        retry_db(p, step_closed_again, status, "record_retry", "record the step's outcome");
         return;
     }
     p->token = 0;
@@ -409,10 +415,7 @@ static void on_recorded(int status, const struct dsw_store_record_result *res, v
         return;
     }
     if (status) {
-        dsw_metrics_inc(DSW_METRIC_DB_ERRORS, NULL, 1);
-        plog(DSW_LOG_WARN, p, "record_retry", "could not record the outcome (%s); retrying",
-             strerror(-status));
-        retry(p, record_outcome_again);
+        retry_db(p, record_outcome_again, status, "record_retry", "record the outcome");
         return;
     }
     p->token = 0;
@@ -711,15 +714,13 @@ static void on_loaded(int status, const struct dsw_store_run *run, void *arg)
         reject(p, DSW_MSG_UNKNOWN_RUN, "no such run in the runs table", NULL);
         return;
     }
-    if (status) {
+    if (status && p->env->draining) {
         dsw_metrics_inc(DSW_METRIC_DB_ERRORS, NULL, 1);
-        if (p->env->draining) {
-            release(p);
-            return;
-        }
-        plog(DSW_LOG_WARN, p, "load_retry", "could not load the run (%s); retrying",
-             strerror(-status));
-        retry(p, load);
+        release(p);
+        return;
+    }
+    if (status) {
+        retry_db(p, load, status, "load_retry", "load the run");
         return;
     }
     free(p->body);

@@ -42,7 +42,6 @@ struct dsw_proc {
     uv_timer_t drop_timer; /* end of the rate window in which lines were dropped */
     struct stream out, err;
     uv_pipe_t in; /* the child's stdin when opts.stdin_pipe (initialised, unused otherwise) */
-    char *rbuf;
     enum phase phase;
     size_t line_max;
     unsigned lines_per_sec;
@@ -96,7 +95,6 @@ static void on_handle_closed(uv_handle_t *h)
     void *arg = p->close_arg;
     free(p->out.line);
     free(p->err.line);
-    free(p->rbuf);
     free(p);
     if (cb)
         cb(arg);
@@ -243,9 +241,12 @@ static void stream_finish(struct dsw_proc *p, struct stream *s)
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    struct dsw_proc *p = h->data;
-    /* One buffer serves both pipes: libuv calls alloc, read() and the read callback in a row. */
-    buf->base = p->rbuf;
+    /* One buffer serves every pipe of every child (the loop is the process's only thread):
+     * libuv calls alloc, read() and the read callback in a row, and on_read copies what it
+     * keeps. 32 KiB once instead of per run. */
+    static char rbuf[RBUF_SIZE];
+    (void)h;
+    buf->base = rbuf;
     buf->len = RBUF_SIZE;
 }
 
@@ -475,7 +476,6 @@ static struct dsw_proc *proc_new(uv_loop_t *loop, const struct dsw_proc_opts *o)
     p->on_drop = o->on_drop;
     p->on_exit = o->on_exit;
     p->arg = o->arg;
-    p->rbuf = dsw_xmalloc(RBUF_SIZE);
     p->st.first_line_ms = -1;
     p->open_handles = PROC_HANDLES;
     uv_pipe_init(loop, &p->in, 0);
