@@ -539,6 +539,15 @@ static void claim_refused(struct dsw_pipeline *p, int status)
     on_claimed(status, NULL, p);
 }
 
+/* What a claim of this run records about its owner: kind, message and delivery. */
+static struct dsw_store_claim_req claim_req(const struct dsw_pipeline *p, const char *kind)
+{
+    return (struct dsw_store_claim_req){.run_id = p->req.run_id,
+                                        .kind = kind,
+                                        .message_id = p->has_message ? p->message_id : NULL,
+                                        .receive_count = p->receive_count};
+}
+
 static void claim(struct dsw_pipeline *p)
 {
     p->state = S_CLAIMING;
@@ -546,10 +555,7 @@ static void claim(struct dsw_pipeline *p)
         release(p);
         return;
     }
-    struct dsw_store_claim_req r = {.run_id = p->req.run_id,
-                                    .kind = p->action == DSW_JOB_RESUME ? "resume" : "execute",
-                                    .message_id = p->has_message ? p->message_id : NULL,
-                                    .receive_count = p->receive_count};
+    struct dsw_store_claim_req r = claim_req(p, p->action == DSW_JOB_RESUME ? "resume" : "execute");
     struct dsw_store *store = p->env->cl->store;
     struct dsw_store_step_claim_req sr = step_req(p);
     int rc = is_step(p) ? dsw_store_step_claim(store, &sr, on_claimed, p)
@@ -568,13 +574,19 @@ static void on_released(int status, void *arg)
 }
 
 /* Not started (draining): give the claim and the message back at once. */
-static void give_back(struct dsw_pipeline *p)
+/* Give the claim (token) back unused. */
+static void drop_claim(struct dsw_pipeline *p)
 {
     struct dsw_store *store = p->env->cl->store;
     if (is_step(p) ? dsw_store_step_release(store, p->token, on_released, NULL)
                    : dsw_store_release(store, p->req.run_id, p->token, on_released, NULL))
         dsw_warn("could not release the claim; it will go stale");
     p->token = 0;
+}
+
+static void give_back(struct dsw_pipeline *p)
+{
+    drop_claim(p);
     release(p);
 }
 
@@ -701,9 +713,7 @@ static void took_claim(struct dsw_pipeline *p, const struct dsw_store_run *run)
         on_claimed(0, &run->won, p);
         return;
     }
-    if (dsw_store_release(p->env->cl->store, p->req.run_id, p->token, on_released, NULL))
-        dsw_warn("could not release the claim; it will go stale");
-    p->token = 0;
+    drop_claim(p);
     carry_out(p);
 }
 
@@ -758,10 +768,7 @@ static void load(struct dsw_pipeline *p, int status)
     p->state = S_LOADING;
     struct dsw_pipeline_env *env = p->env;
     struct dsw_store_step_claim_req sr = step_req(p);
-    struct dsw_store_claim_req r = {.run_id = p->req.run_id,
-                                    .kind = "execute",
-                                    .message_id = p->has_message ? p->message_id : NULL,
-                                    .receive_count = p->receive_count};
+    struct dsw_store_claim_req r = claim_req(p, "execute");
     /* A run slot free now: claim with the load (the common case, one round trip less). */
     bool claim_too = !env->draining && env->runs_held < env->run_slots;
     int rc = is_step(p)  ? dsw_store_step_load(env->cl->store, &sr.key, on_loaded, p)

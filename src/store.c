@@ -108,23 +108,19 @@ static const char SQL_INIT_LOCK[] = "SELECT pg_advisory_xact_lock($1::bigint)";
 static const char SQL_SET_VERSION[] = "INSERT INTO " SCHEMA ".schema_version (version) "
                                       "VALUES ($1::int) ON CONFLICT (version) DO NOTHING";
 
-static const char SQL_LOAD[] =
-    SQL_RUN_WITH_CLAIM(CLAIM_COLS("c."), CLAIMS " c ON c.run_id = r.run_id");
+/* A run with its claim (claims aliased c): SQL_LOAD, and the first part of SQL_LOAD_CLAIM. */
+#define C_CLAIM_COLS      CLAIM_COLS("c.")
+#define SQL_RUN_AND_CLAIM SQL_RUN_WITH_CLAIM(C_CLAIM_COLS, CLAIMS " c ON c.run_id = r.run_id")
+static const char SQL_LOAD[] = SQL_RUN_AND_CLAIM;
 /* SQL_LOAD with SQL_CLAIM's insert when nothing but execute can be decided; the inserted row's
  * columns follow the load's (NULL when nothing was inserted). */
-static const char SQL_LOAD_CLAIM[] = "WITH l AS (" SQL_RUN_WITH_CLAIM(
-    CLAIM_COLS("c."),
-    CLAIMS " c ON c.run_id = r.run_id") "),"
-                                        " i AS (INSERT INTO " CLAIMS
-                                        " AS c (run_id, kind, worker_id, fencing_token, message_id,"
-                                        " receive_count, state) SELECT $1::text, 'execute', "
-                                        "$3::text, " FENCE ", $4::text, $5::int,"
-                                        " 'claimed' FROM l WHERE l.state IS NULL AND l.status IN "
-                                        "('NOT_STARTED', 'STARTING')"
-                                        " AND $5::int <= $6::int ON CONFLICT (run_id) DO NOTHING "
-                                        "RETURNING " CLAIM_COLS(
-                                            "c.") ")"
-                                                  " SELECT l.*, i.* FROM l LEFT JOIN i ON true";
+static const char SQL_LOAD_CLAIM[] =
+    "WITH l AS (" SQL_RUN_AND_CLAIM "), i AS (INSERT INTO " CLAIMS " AS c (run_id, kind,"
+    " worker_id, fencing_token, message_id, receive_count, state) SELECT $1::text, 'execute',"
+    " $3::text, " FENCE ", $4::text, $5::int, 'claimed' FROM l WHERE l.state IS NULL AND"
+    " l.status IN ('NOT_STARTED', 'STARTING') AND $5::int <= $6::int"
+    " ON CONFLICT (run_id) DO NOTHING RETURNING " C_CLAIM_COLS ")"
+    " SELECT l.*, i.* FROM l LEFT JOIN i ON true";
 /* by_run_worker: for a terminal run, whether its last PIPELINE_SUCCESS/FAILURE event came from a
  * run worker (Dagster's run worker writes its pid in the event; instance.report_run_failed from
  * run monitoring, the UI or a script writes none). NULL when there is no such event. */

@@ -354,10 +354,10 @@ int dsw_store_record_outcome(struct dsw_store *s, const struct dsw_store_outcome
 int dsw_store_mark_starting(struct dsw_store *s, const char *run_id, dsw_store_record_cb cb,
                             void *arg) DSW_WUR;
 
-/* ---- step claims (docs/steps.md §3): one row per (run id, step key, attempt)
- * ---------------------- Fenced by a token from the same sequence as run claims, aged by the
- * database clock, and refreshed by dsw_store_heartbeat / dsw_store_heartbeat_batch. A step key
- * is 1..255 bytes; attempt >= 1; anything else is -EINVAL. */
+/* ---- step claims (docs/steps.md §3): one row per (run id, step key, attempt) ---------------
+ * Fenced by a token from the same sequence as run claims, aged by the database clock, and
+ * refreshed by dsw_store_heartbeat / dsw_store_heartbeat_batch. A step key is 1..255 bytes;
+ * attempt >= 1; anything else is -EINVAL. */
 
 struct dsw_store_step_key {
     const char *run_id;

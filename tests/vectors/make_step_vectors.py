@@ -10,8 +10,8 @@ object) and are written with serialize_value. The Celery form is Celery 5.2's ex
 (dagster_celery.tasks.create_task, as dagster_celery.executor._submit_task applies it) published
 through kombu's SQS transport with the send captured (no network): the body SQS would carry.
 
-    eval "$(bash /work/shared/dagster/env.sh 1.3)"; "$DSW_DAGSTER_PYTHON" tests/vectors/make_step_vectors.py
-    eval "$(bash /work/shared/dagster/env.sh 1.7)"; "$DSW_DAGSTER_PYTHON" tests/vectors/make_step_vectors.py
+    eval "$(bash ../shared/dagster/env.sh 1.3)"; "$DSW_DAGSTER_PYTHON" tests/vectors/make_step_vectors.py
+    eval "$(bash ../shared/dagster/env.sh 1.7)"; "$DSW_DAGSTER_PYTHON" tests/vectors/make_step_vectors.py
 
 --check FILE [FILE...]: deserialize each file as ExecuteStepArgs in this tree's Dagster, print
 its step keys, and say whether serialize_value writes it back byte for byte (how the expected
