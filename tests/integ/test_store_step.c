@@ -465,11 +465,6 @@ static void test_claim_race(void **state)
     teardown_fx(&f);
 }
 
-static void on_txn_sql(int status, const struct dsw_db_result *r, void *arg)
-{
-    ((struct wait *)arg)->status = status;
-}
-
 static void on_begun(int status, struct dsw_db_txn *txn, void *arg)
 {
     ((struct wait *)arg)->txn = txn;
@@ -493,12 +488,15 @@ static void test_claim_lost_to_later_commit(void **state)
     RUN(&f, t, dsw_db_begin(f.db[1], on_begun, &t));
     struct dsw_db_txn *txn = t.txn;
     const char *p[] = {f.run};
-    assert_int_equal(dsw_db_txn_query(txn,
-                                      "INSERT INTO dagster_sqs_worker.step_claims (run_id, "
-                                      "step_key, attempt, worker_id, fencing_token, state) VALUES "
-                                      "($1, 'k', 1, 'other:1:1', 424242, 'running')",
-                                      1, p, on_txn_sql, &t),
-                     0);
+    /* The insert has run (its row lock held, uncommitted) before the claim is sent: otherwise
+     * the claim could commit first and the insert fail instead of the claim waiting. */
+    RUN(&f, t,
+        dsw_db_txn_query(txn,
+                         "INSERT INTO dagster_sqs_worker.step_claims (run_id, step_key, attempt, "
+                         "worker_id, fencing_token, state) VALUES ($1, 'k', 1, 'other:1:1', "
+                         "424242, 'running')",
+                         1, p, on_sql_done, &t));
+    assert_int_equal(t.status, 0);
     struct dsw_store_step_claim_req req = req_of(&f, "k", 1, "m-1", 1);
     memset(&w, 0, sizeof(w));
     assert_int_equal(dsw_store_step_claim(f.st[0], &req, on_claim, &w), 0);
