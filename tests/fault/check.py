@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checker of a fault-injection scenario's history (written by tests/fault/driver.py).
 
-usage: check.py OUT [--json] [--strict-metrics]
+usage: check.py OUT [--json]
 
 Invariants (each violation is listed; the exit status is 1 when there is any):
   1. every run ends terminal in Postgres, or its message is still in the queue / quarantine,
@@ -160,36 +160,19 @@ def main():
     info["deletes_before_commit"] = early
 
     # ---- 4. metrics accounting ----
-    # Known worker.c gap: a job whose lease was lost ends without deleting, releasing or
-    # deferring its message (on_proc_closed / on_recorded -ESTALE call job_done), so that
-    # message is counted as received and nowhere else. Such ends are counted per incarnation and
-    # reported as metrics_gap_fenced; --strict-metrics makes them violations.
-    fenced_ends = {}
-    for inc, lines in logs.items():
-        for ln in lines:
-            if ln.get("event") == "fenced" and (
-                    ln.get("msg", "").startswith("lease lost: run worker killed")
-                    or ln.get("msg", "").startswith("lease lost before the outcome")):
-                fenced_ends.setdefault(inc, []).append(ln["t"])
-    strict = "--strict-metrics" in sys.argv
+    # Every received message ends deleted, rejected, released or deferred: a fenced end (lease
+    # lost) releases its message (pipeline.c on_executed), so the accounting is exact.
     bad_scrapes = []
     for s in jl(out, "scrapes"):
         held = s["received"] - (s["deleted"] + s["rejected"] + s["released"] + s["deferred"])
-        gap = 0 if strict else sum(1 for t in fenced_ends.get(s["inc"], []) if t <= s["t"])
-        if held < 0 or held > max(s["slots"], 1) + gap:
+        if held < 0 or held > max(s["slots"], 1):
             bad_scrapes.append((s["inc"], held))
     finals = jl(out, "final_scrapes")
     bad_final = []
-    gap_total = 0
     for s in finals:
         held = s["received"] - (s["deleted"] + s["rejected"] + s["released"] + s["deferred"])
-        gap = 0 if strict else len(fenced_ends.get(s["inc"], []))
-        if held > 0 and held <= gap:
-            gap_total += held
-            held = 0
         if held != 0 or s["in_flight"] != 0:
             bad_final.append((s["inc"], held, s["in_flight"]))
-    info["metrics_gap_fenced"] = gap_total
     for inc, held, inflight in bad_final:
         violations.append("%s: at the quiet end received - (deleted + rejected + released + "
                           "deferred) = %g, runs in flight %g (both must be 0)"
