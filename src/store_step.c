@@ -45,9 +45,15 @@ static const char SQL_STEP_CLOSE_NEW[] =
 #define HELD_BY_TOKEN " WHERE fencing_token = $1::bigint AND state <> 'done'"
 static const char SQL_STEP_LAUNCH[] = "UPDATE " STEPS " SET state = 'running',"
                                       " child_pid = $2::int, heartbeat_at = now()" HELD_BY_TOKEN;
-static const char SQL_STEP_EXIT[] = "UPDATE " STEPS " SET state = 'done', exit_code = $2::int,"
-                                    " term_signal = $3::int, outcome = $4, finished_at = now(),"
-                                    " heartbeat_at = now()" HELD_BY_TOKEN;
+/* The exit, or the same exit already written by this token (a statement tried again after its
+ * reply was lost, having committed): one row either way, its finish time kept. Any other done
+ * row (another exit, closed, lost) is no row: -ESTALE. $2 exit_code, $3 term_signal, $4 outcome. */
+static const char SQL_STEP_EXIT[] =
+    "UPDATE " STEPS " SET state = 'done', exit_code = $2::int, term_signal = $3::int,"
+    " outcome = $4, finished_at = CASE WHEN state = 'done' THEN finished_at ELSE now() END,"
+    " heartbeat_at = CASE WHEN state = 'done' THEN heartbeat_at ELSE now() END"
+    " WHERE fencing_token = $1::bigint AND (state <> 'done' OR (outcome = $4"
+    " AND exit_code IS NOT DISTINCT FROM $2::int AND term_signal IS NOT DISTINCT FROM $3::int))";
 static const char SQL_STEP_RELEASE[] = "DELETE FROM " STEPS HELD_BY_TOKEN;
 static const char SQL_STEP_STOPS[] =
     "SELECT fencing_token FROM " STEPS " WHERE fencing_token = ANY($1::bigint[])"

@@ -533,8 +533,15 @@ static void test_launch_exit_fenced(void **state)
     assert_null(col(tok, "term_signal"));
     assert_true(tu_eq_free(col(tok, "outcome"), "exited"));
     assert_true(has_col(tok, "finished_at"));
-    /* Done: neither a second exit nor a launch changes it. */
+    /* The same exit again (a retried statement whose reply was lost): 0, the row unchanged. */
+    char *finished = col(tok, "finished_at");
+    assert_int_equal(exit_step(&f, tok, 3, 0, NULL), 0);
+    assert_true(tu_eq_free(col(tok, "finished_at"), finished));
+    free(finished);
+    /* Done: neither another exit nor a launch changes it. */
     assert_int_equal(exit_step(&f, tok, 0, 9, NULL), -ESTALE);
+    assert_int_equal(exit_step(&f, tok, 3, 0, "stopped"), -ESTALE);
+    assert_int_equal(exit_step(&f, tok, 4, 0, NULL), -ESTALE);
     assert_int_equal(launch(&f, tok, 1), -ESTALE);
     assert_true(tu_eq_free(col(tok, "exit_code"), "3"));
     assert_true(tu_eq_free(col(tok, "child_pid"), "4242"));
