@@ -172,8 +172,10 @@ int dsw_store_step_exit(struct dsw_store *s, const struct dsw_store_step_exit *x
     snprintf(code, sizeof(code), "%d", x->exit_code);
     snprintf(sig, sizeof(sig), "%d", x->term_signal);
     const char *outcome = x->outcome ? x->outcome : x->term_signal ? "signaled" : "exited";
-    /* As docs/steps.md §3 reads: exit_code set when it exited, term_signal when it was killed. */
-    const char *p[] = {tok, x->term_signal ? NULL : code, x->term_signal ? sig : NULL, outcome};
+    /* As docs/steps.md §3 reads: exit_code set when it exited, term_signal when it was killed;
+     * neither without a child (exit_code < 0). */
+    bool exited = !x->term_signal && x->exit_code >= 0;
+    const char *p[] = {tok, exited ? code : NULL, x->term_signal ? sig : NULL, outcome};
     return token_statement(s, SQL_STEP_EXIT, 4, p, cb, arg);
 }
 

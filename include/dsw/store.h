@@ -390,7 +390,7 @@ int dsw_store_step_launch(struct dsw_store *s, int64_t token, int child_pid, dsw
                           void *arg) DSW_WUR;
 struct dsw_store_step_exit {
     int64_t token;
-    int exit_code;       /* when term_signal == 0 */
+    int exit_code;       /* when term_signal == 0; < 0: no child (stored NULL) */
     int term_signal;     /* 0 when it exited */
     const char *outcome; /* NULL: "exited" or "signaled" */
 };

@@ -554,6 +554,13 @@ static void test_launch_exit_fenced(void **state)
     assert_null(col(b, "exit_code"));
     assert_int_equal(exit_step(&f, c, 0, 15, "stopped"), 0);
     assert_true(tu_eq_free(col(c, "outcome"), "stopped"));
+    /* No child (a failed start): neither an exit code nor a signal. */
+    int64_t d = claim_step(&f, "d");
+    assert_int_equal(exit_step(&f, d, -1, 0, "spawn_failed"), 0);
+    assert_true(tu_eq_free(col(d, "outcome"), "spawn_failed"));
+    assert_null(col(d, "exit_code"));
+    assert_null(col(d, "term_signal"));
+    assert_int_equal(exit_step(&f, d, -1, 0, "spawn_failed"), 0);
     assert_int_equal(dsw_store_step_exit(f.st[0], NULL, on_done, NULL), -EINVAL);
     assert_int_equal(dsw_store_step_launch(f.st[0], c, 1, NULL, NULL), -EINVAL);
     teardown_fx(&f);
