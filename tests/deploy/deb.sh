@@ -73,6 +73,7 @@ want=(
     "-rw-r--r-- root/root ./usr/lib/tmpfiles.d/dagster-sqs-worker.conf"
     "-rw-r--r-- root/root ./usr/share/doc/dagster-sqs-worker/README.md"
     "-rw-r--r-- root/root ./usr/share/doc/dagster-sqs-worker/changelog.gz"
+    "-rw-r--r-- root/root ./usr/share/doc/dagster-sqs-worker/copyright"
     "-rw-r--r-- root/root ./usr/share/doc/dagster-sqs-worker/examples/worker.conf"
 )
 for w in "${want[@]}"; do
