@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""dsw-warm-runner: a Python process that imports Dagster ahead of time, then runs one run.
+"""dsw-warm-runner: a Python process that imports Dagster ahead of time, then runs one run or step.
 
 Started by dagster-sqs-worker (runs.warm > 0) with runs.python, under the same environment,
-working directory, process group and death signal as a cold `dagster api execute_run` child:
+working directory, process group and death signal as a cold `dagster api execute_run` (or
+`execute_step`) child:
 
     <python> dsw-warm-runner.py --imports "dagster dagster_postgres dagster._cli" \\
                                 --entry dagster._cli:main
@@ -17,7 +18,7 @@ Protocol (see docs/warm-runners.md):
 5. exit with its code: a SystemExit's code, 0 when it returns, 1 on an exception (traceback on
    stderr). Anything wrong before that (an import, a bad request) exits non-zero with a message.
 
-One run per process: the daemon never reuses a runner.
+One run (or step) per process: the daemon never reuses a runner.
 """
 
 import importlib
@@ -26,7 +27,7 @@ import sys
 import traceback
 
 READY_TOKEN = "dsw-warm-runner: ready"
-COMMANDS = ("execute_run", "resume_run")
+COMMANDS = ("execute_run", "resume_run", "execute_step")
 MAX_REQUEST = 64 * 1024 * 1024
 
 
@@ -77,7 +78,7 @@ def read_request():
         raise ValueError("empty or unterminated request")
     words = [w.decode("utf-8", "surrogateescape") for w in data[:-1].split(b"\0")]
     if len(words) != 3 or words[0] != "api" or words[1] not in COMMANDS:
-        raise ValueError("expected: api execute_run|resume_run <json>")
+        raise ValueError("expected: api execute_run|resume_run|execute_step <json>")
     return words
 
 

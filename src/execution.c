@@ -249,7 +249,7 @@ static void on_child_exit(struct dsw_proc *proc, const struct dsw_proc_exit *st,
     ctx.has_exit_code = st->term_signal == 0;
     ctx.exit_code = st->exit_code;
     ctx.duration_ms = (long long)st->duration_ms;
-    dsw_log(DSW_LOG_INFO, &ctx, "run worker pid %d %s %d", st->pid,
+    dsw_log(DSW_LOG_INFO, &ctx, "%s worker pid %d %s %d", e->step_key ? "step" : "run", st->pid,
             st->term_signal ? "killed by signal" : "exited with code",
             st->term_signal ? st->term_signal : st->exit_code);
     e->proc = NULL;

@@ -96,13 +96,14 @@ static uint64_t run_timeout(const struct dsw_launch *l)
     return timeout;
 }
 
-/* Hand the run to a ready warm runner: 0, or -EAGAIN (none ready or it failed: go cold). */
 /* The `dagster api` command of the launch. */
 static const char *api_command(const struct dsw_launch *l)
 {
     return l->step ? "execute_step" : l->resume ? "resume_run" : "execute_run";
 }
 
+/* Hand the run or step to a ready warm runner: 0, or -EAGAIN (none ready or it failed: go
+ * cold). */
 static int take_warm(const struct dsw_launch *l, const char *json, struct dsw_proc **out)
 {
     const char *args[] = {"api", api_command(l), json, NULL};
@@ -170,8 +171,7 @@ int dsw_launch_start(uv_loop_t *loop, const struct dsw_launch *l, struct dsw_pro
         rc = -EBADMSG;
         goto out;
     }
-    if (l->warm && !l->step && dsw_warm_python_matches(l->warm, exe) &&
-        take_warm(l, json, out) == 0) {
+    if (l->warm && dsw_warm_python_matches(l->warm, exe) && take_warm(l, json, out) == 0) {
         *warm = true;
         goto out;
     }

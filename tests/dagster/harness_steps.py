@@ -14,6 +14,8 @@ steps_run_config; the daemon passes the AWS credentials it needs through runs.en
                    its wall time, to compare with steps:fanout
   steps:fanout     2 daemons on one queue (runs and steps), 4 slots each -> SUCCESS, every step
                    started once, one step claim per step (attempt 1, exited 0), steps on both
+  steps:warm       steps:fanout with runs.warm = 4 on both daemons -> SUCCESS, every step once,
+                   the run worker and steps handed to warm runners (at least one step)
   steps:retry      a step failing once under RetryPolicy(max_retries=1) -> UP_FOR_RETRY,
                    RESTARTED, SUCCESS, claims for attempts 1 and 2, run SUCCESS; and a step that
                    always fails -> STEP_FAILURE, run FAILURE
@@ -31,6 +33,7 @@ usage: harness_steps.py --build DIR --db NAME --work DIR --out FILE [--only a,b]
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -369,6 +372,54 @@ def sc_terminate(h, inst):
         b.stop()
 
 
+def warm_starts(d, kind):
+    """How many `kind` (execute_run, execute_step) children the daemon started warm and cold,
+    from its log's spawn lines ("... started (pid N, execute_step, warm)")."""
+    with open(d.log, errors="replace") as f:
+        text = f.read()
+    return {m: len(re.findall(r"%s, %s\)" % (kind, m), text)) for m in ("warm", "cold")}
+
+
+def sc_warm(h, inst):
+    """steps:fanout with runs.warm = 4 on both daemons: the run worker and its steps are handed
+    to ready warm runners (docs/warm-runners.md); every step still runs exactly once."""
+    import jobs_steps
+
+    q = h.sqs.queue("dsw-steps-warm-%s" % uuid.uuid4().hex[:8])
+    warm = dict(DSW_RUNS_WARM="4", DSW_RUNS_PYTHON=sys.executable)
+    a = Daemon(h, "stepwarma", q, **steps_env(**warm)).start()
+    b = Daemon(h, "stepwarmb", q, **steps_env(**warm)).start()
+    try:
+        wait(lambda: a.metric("dsw_warm_runners_ready") >= 4 and
+             b.metric("dsw_warm_runners_ready") >= 4, 180, "4 ready warm runners per daemon")
+        t0 = time.time()
+        rid = launch(h, inst, "fanout_sqs", q, q)
+        claim = finish(h, rid, "SUCCESS")
+        call = time.time() - t0
+        expect(claim["exit_code"] == 0, "run worker exit %s" % claim["exit_code"])
+        keys = set(FAN_KEYS)
+        claims = await_steps_done(h, rid, keys)
+        exactly_once(h, rid, keys, claims)
+        steps = [warm_starts(d, "execute_step") for d in (a, b)]
+        runs = [warm_starts(d, "execute_run") for d in (a, b)]
+        sw = sum(x["warm"] for x in steps)
+        sc = sum(x["cold"] for x in steps)
+        expect(sw + sc == len(keys), "%d step starts logged, want %d" % (sw + sc, len(keys)))
+        expect(sum(x["warm"] for x in runs) == 1, "the run worker started %s" % runs)
+        # Each daemon had 4 ready runners before the run: at least the root step (the first,
+        # alone) found one.
+        expect(sw >= 1, "no step was started by a warm runner (%d cold)" % sc)
+        run_s, fan_s = durations(h, rid)
+        return {"detail": "SUCCESS, %d steps once each, %d warm + %d cold; run %.1fs (fan %.1fs,"
+                          " launch->SUCCESS %.1fs)" % (len(keys), sw, sc, run_s, fan_s, call),
+                "times": {"sqs_warm": {"wall_s": round(call, 2), "run_s": run_s,
+                                       "fan_s": fan_s}},
+                "warm_steps": sw, "cold_steps": sc}
+    finally:
+        a.stop()
+        b.stop()
+
+
 class Relay(threading.Thread):
     """Every message of queue `src` sent twice to `dst` (same body), then deleted from src."""
 
@@ -435,8 +486,9 @@ def sc_duplicate(h, inst):
         s2.stop()
 
 
-SCENARIOS = [("baseline", sc_baseline), ("fanout", sc_fanout), ("retry", sc_retry),
-             ("kill9", sc_kill9), ("terminate", sc_terminate), ("duplicate", sc_duplicate)]
+SCENARIOS = [("baseline", sc_baseline), ("fanout", sc_fanout), ("warm", sc_warm),
+             ("retry", sc_retry), ("kill9", sc_kill9), ("terminate", sc_terminate),
+             ("duplicate", sc_duplicate)]
 NAMES = [PREFIX + ":" + n for n, _ in SCENARIOS]
 
 

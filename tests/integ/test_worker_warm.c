@@ -1,8 +1,8 @@
 /* Warm runners under the real daemon (issue 10): with runs.warm = 1 and runs.python matching
- * the run's interpreter, the run is handed to the runner that was started (and had imported its
- * modules) before the message arrived; a run whose interpreter does not match goes cold. (That
- * the request never appears on a command line is checked in tests/unit/test_warm.c: here the
- * stand-in execs the fake dagster with it, as a cold child has it.) */
+ * the run's interpreter, the run (or step) is handed to the runner that was started (and had
+ * imported its modules) before the message arrived; a run whose interpreter does not match goes
+ * cold. (That the request never appears on a command line is checked in tests/unit/test_warm.c:
+ * here the stand-in execs the fake dagster with it, as a cold child has it.) */
 #include "testutil.h"
 
 #include "dsw/util.h"
@@ -99,6 +99,33 @@ static void test_warm_run(void **state)
     assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
 }
 
+/* A step (docs/steps.md §2) is handed to the ready runner as a run is: its execute_step child is
+ * that process, and its claim records the exit. */
+static void test_warm_step(void **state)
+{
+    struct tu_daemon *d = tu_daemon_start(&env, (const char *const[]){"run", NULL});
+    assert_true(tu_daemon_wait_ready(d, WAIT_MS));
+    assert_true(tu_wait(runner_ready, d, WAIT_MS));
+    long runners[8];
+    assert_int_equal(pids_with("dsw-warm-runner.py", runners, 8), 1);
+    char id[37];
+    tu_run_new(id, "STARTED", "success");
+    tu_send_step(&q, id, "s1", 0, NULL, 0);
+    assert_true(tu_wait_queue_empty(&q, WAIT_MS));
+    const char *p[] = {id};
+    assert_true(tu_eq_free(tu_pg_str("SELECT state || ' ' || outcome || ' ' || exit_code FROM "
+                                     "dagster_sqs_worker.step_claims WHERE run_id = $1",
+                                     1, p),
+                           "done exited 0"));
+    assert_int_equal(tu_pg_ll("SELECT pid FROM dagster_sqs_worker_test.child_starts WHERE "
+                              "run_id = $1 AND argv_kind = 'execute_step' AND step_key = 's1'",
+                              1, p),
+                     runners[0]);
+    assert_true(tu_daemon_log_has(d, "execute_step, warm"));
+    tu_daemon_signal(d, SIGTERM);
+    assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
+}
+
 static void test_other_interpreter_goes_cold(void **state)
 {
     /* Another name of a real interpreter (the daemon refuses a missing one, 78): not the
@@ -119,6 +146,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_warm_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_warm_step, setup, teardown),
         cmocka_unit_test_setup_teardown(test_other_interpreter_goes_cold, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -230,6 +230,15 @@ static void test_handover(void **state)
     assert_true(tu_run_until(&c.loop, run_done, &r, 20000));
     assert_non_null(strstr(dsw_buf_str(&r.out), "O:standin resume_run run-2 "));
     dsw_buf_free(&r.out);
+    /* And execute_step, a step's (docs/steps.md §2), on the next runner. */
+    c.old_pid = r.st.pid;
+    assert_true(tu_run_until(&c.loop, different_ready, &c, 20000));
+    h = hooks_for(&r);
+    assert_int_equal(take(&c, &r, &h, "execute_step", "{\"pipeline_run_id\": \"run-3\"}"), 0);
+    assert_true(tu_run_until(&c.loop, run_done, &r, 20000));
+    assert_int_equal(r.st.exit_code, 0);
+    assert_non_null(strstr(dsw_buf_str(&r.out), "O:standin execute_step run-3 "));
+    dsw_buf_free(&r.out);
     assert_true(failures() == 0);
     ctx_finish(&c);
 }
