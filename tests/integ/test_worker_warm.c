@@ -40,8 +40,37 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Pids of the processes whose command line contains text (at most max). */
-static size_t pids_with(const char *text, long *pids, size_t max)
+/* The parent of pid (0 when it is gone). */
+static long ppid_of(long pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t r = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[r] = '\0';
+    const char *close_paren = strrchr(buf, ')');
+    long ppid = 0;
+    char state;
+    if (!close_paren || sscanf(close_paren + 1, " %c %ld", &state, &ppid) != 2)
+        return 0;
+    return ppid;
+}
+
+/* Whether pid descends from ancestor (a runner is the child of its dsw-exec supervisor). */
+static bool descends_from(long pid, long ancestor)
+{
+    for (int depth = 0; depth < 16 && pid > 1; depth++)
+        if ((pid = ppid_of(pid)) == ancestor)
+            return true;
+    return false;
+}
+
+/* Pids of the daemon's descendants whose command line contains text (at most max): another
+ * test's runners, running beside this one, are not counted. */
+static size_t pids_with(const struct tu_daemon *daemon, const char *text, long *pids, size_t max)
 {
     DIR *d = opendir("/proc");
     struct dirent *e;
@@ -60,7 +89,7 @@ static size_t pids_with(const char *text, long *pids, size_t max)
             if (buf[i] == '\0')
                 buf[i] = ' ';
         buf[n] = '\0';
-        if (strstr(buf, text))
+        if (strstr(buf, text) && descends_from(atol(e->d_name), (long)daemon->pid))
             pids[found++] = atol(e->d_name);
     }
     if (d)
@@ -81,7 +110,7 @@ static void test_warm_run(void **state)
     assert_true(tu_wait(runner_ready, d, WAIT_MS));
     /* The ready runner exists before the message does. */
     long runners[8];
-    size_t nrunners = pids_with("dsw-warm-runner.py", runners, 8);
+    size_t nrunners = pids_with(d, "dsw-warm-runner.py", runners, 8);
     assert_int_equal(nrunners, 1);
     char id[37];
     tu_run_new(id, "STARTING", "success");
@@ -107,7 +136,7 @@ static void test_warm_step(void **state)
     assert_true(tu_daemon_wait_ready(d, WAIT_MS));
     assert_true(tu_wait(runner_ready, d, WAIT_MS));
     long runners[8];
-    assert_int_equal(pids_with("dsw-warm-runner.py", runners, 8), 1);
+    assert_int_equal(pids_with(d, "dsw-warm-runner.py", runners, 8), 1);
     char id[37];
     tu_run_new(id, "STARTED", "success");
     tu_send_step(&q, id, "s1", 0, NULL, 0);
