@@ -177,6 +177,20 @@ def exactly_once(h, rid, keys, claims):
     expect(not wrong, "step claims not attempt 1 / exited 0: %s" % wrong)
 
 
+def fan_run(h, inst, q):
+    """The fan-out job launched on queue q (runs and steps): SUCCESS, the run worker exited 0,
+    every step exactly once. (run id, step keys, step claims, launch->SUCCESS seconds)."""
+    t0 = time.time()
+    rid = launch(h, inst, "fanout_sqs", q, q)
+    claim = finish(h, rid, "SUCCESS")
+    call = time.time() - t0
+    expect(claim["exit_code"] == 0, "run worker exit %s" % claim["exit_code"])
+    keys = set(FAN_KEYS)
+    claims = await_steps_done(h, rid, keys)
+    exactly_once(h, rid, keys, claims)
+    return rid, keys, claims, call
+
+
 # ---- scenarios -------------------------------------------------------------------------------
 
 def sc_baseline(h, inst):
@@ -214,14 +228,7 @@ def sc_fanout(h, inst):
     a = Daemon(h, "stepfana", q, **steps_env()).start()
     b = Daemon(h, "stepfanb", q, **steps_env()).start()
     try:
-        t0 = time.time()
-        rid = launch(h, inst, "fanout_sqs", q, q)
-        claim = finish(h, rid, "SUCCESS")
-        call = time.time() - t0
-        expect(claim["exit_code"] == 0, "run worker exit %s" % claim["exit_code"])
-        keys = set(FAN_KEYS)
-        claims = await_steps_done(h, rid, keys)
-        exactly_once(h, rid, keys, claims)
+        rid, keys, claims, call = fan_run(h, inst, q)
         pids = {worker_pid(c["worker_id"]) for c in claims}
         expect(pids <= {a.proc.pid, b.proc.pid}, "step claims of unknown workers %s" % pids)
         per = {d.name: sum(1 for c in claims if worker_pid(c["worker_id"]) == d.proc.pid)
@@ -383,8 +390,6 @@ def warm_starts(d, kind):
 def sc_warm(h, inst):
     """steps:fanout with runs.warm = 4 on both daemons: the run worker and its steps are handed
     to ready warm runners (docs/warm-runners.md); every step still runs exactly once."""
-    import jobs_steps
-
     q = h.sqs.queue("dsw-steps-warm-%s" % uuid.uuid4().hex[:8])
     warm = dict(DSW_RUNS_WARM="4", DSW_RUNS_PYTHON=sys.executable)
     a = Daemon(h, "stepwarma", q, **steps_env(**warm)).start()
@@ -392,14 +397,7 @@ def sc_warm(h, inst):
     try:
         wait(lambda: a.metric("dsw_warm_runners_ready") >= 4 and
              b.metric("dsw_warm_runners_ready") >= 4, 180, "4 ready warm runners per daemon")
-        t0 = time.time()
-        rid = launch(h, inst, "fanout_sqs", q, q)
-        claim = finish(h, rid, "SUCCESS")
-        call = time.time() - t0
-        expect(claim["exit_code"] == 0, "run worker exit %s" % claim["exit_code"])
-        keys = set(FAN_KEYS)
-        claims = await_steps_done(h, rid, keys)
-        exactly_once(h, rid, keys, claims)
+        rid, keys, claims, call = fan_run(h, inst, q)
         steps = [warm_starts(d, "execute_step") for d in (a, b)]
         runs = [warm_starts(d, "execute_run") for d in (a, b)]
         sw = sum(x["warm"] for x in steps)
@@ -409,6 +407,9 @@ def sc_warm(h, inst):
         # Each daemon had 4 ready runners before the run: at least the root step (the first,
         # alone) found one.
         expect(sw >= 1, "no step was started by a warm runner (%d cold)" % sc)
+        r = h.reads(inst, rid)
+        expect(r["steps_succeeded"] == len(keys), "Dagster counts %s steps succeeded" %
+               r["steps_succeeded"])
         run_s, fan_s = durations(h, rid)
         return {"detail": "SUCCESS, %d steps once each, %d warm + %d cold; run %.1fs (fan %.1fs,"
                           " launch->SUCCESS %.1fs)" % (len(keys), sw, sc, run_s, fan_s, call),

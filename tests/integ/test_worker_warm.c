@@ -40,34 +40,6 @@ static int teardown(void **state)
     return 0;
 }
 
-/* The parent of pid (0 when it is gone). */
-static long ppid_of(long pid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t r = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[r] = '\0';
-    const char *close_paren = strrchr(buf, ')');
-    long ppid = 0;
-    char state;
-    if (!close_paren || sscanf(close_paren + 1, " %c %ld", &state, &ppid) != 2)
-        return 0;
-    return ppid;
-}
-
-/* Whether pid descends from ancestor (a runner is the child of its dsw-exec supervisor). */
-static bool descends_from(long pid, long ancestor)
-{
-    for (int depth = 0; depth < 16 && pid > 1; depth++)
-        if ((pid = ppid_of(pid)) == ancestor)
-            return true;
-    return false;
-}
-
 /* Pids of the daemon's descendants whose command line contains text (at most max): another
  * test's runners, running beside this one, are not counted. */
 static size_t pids_with(const struct tu_daemon *daemon, const char *text, long *pids, size_t max)
@@ -89,7 +61,7 @@ static size_t pids_with(const struct tu_daemon *daemon, const char *text, long *
             if (buf[i] == '\0')
                 buf[i] = ' ';
         buf[n] = '\0';
-        if (strstr(buf, text) && descends_from(atol(e->d_name), (long)daemon->pid))
+        if (strstr(buf, text) && tu_pid_descends((pid_t)atol(e->d_name), daemon->pid))
             pids[found++] = atol(e->d_name);
     }
     if (d)

@@ -794,27 +794,43 @@ void tu_daemons_dump(void)
     }
 }
 
-/* Process group and command line of pid (0 when it is gone). */
-static pid_t pgrp_of(pid_t pid, char *cmd, size_t n)
+/* State, parent and process group of pid from /proc/<pid>/stat (false when it is gone). */
+static bool stat_of(pid_t pid, char *state, int *ppid, int *pgrp)
 {
     char path[64], buf[512];
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
     FILE *f = fopen(path, "r");
     if (!f)
-        return 0;
+        return false;
     size_t r = fread(buf, 1, sizeof(buf) - 1, f);
     fclose(f);
     buf[r] = '\0';
-    char *close_paren = strrchr(buf, ')'), state;
+    const char *close_paren = strrchr(buf, ')');
+    return close_paren && sscanf(close_paren + 1, " %c %d %d", state, ppid, pgrp) == 3;
+}
+
+bool tu_pid_descends(pid_t pid, pid_t ancestor)
+{
+    char state;
     int ppid, pgrp;
-    if (!close_paren || sscanf(close_paren + 1, " %c %d %d", &state, &ppid, &pgrp) != 3 ||
-        state == 'Z')
+    for (int depth = 0; depth < 16 && pid > 1 && stat_of(pid, &state, &ppid, &pgrp); depth++)
+        if ((pid = ppid) == ancestor)
+            return true;
+    return false;
+}
+
+/* Process group and command line of pid (0 when it is gone). */
+static pid_t pgrp_of(pid_t pid, char *cmd, size_t n)
+{
+    char path[64], state;
+    int ppid, pgrp;
+    if (!stat_of(pid, &state, &ppid, &pgrp) || state == 'Z')
         return 0;
     snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
-    f = fopen(path, "r");
+    FILE *f = fopen(path, "r");
     cmd[0] = '\0';
     if (f) {
-        r = fread(cmd, 1, n - 1, f);
+        size_t r = fread(cmd, 1, n - 1, f);
         cmd[r] = '\0';
         fclose(f);
     }

@@ -221,6 +221,8 @@ bool tu_wait_sql(const char *sql, const char *p, const char *expect, uint64_t ti
 bool tu_wait_queue_empty(const struct tu_queue *q, uint64_t timeout_ms);
 /* Whether a process exists and is not a zombie. */
 bool tu_pid_alive(pid_t pid);
+/* Whether pid is a descendant of ancestor (its parent, or its parent's, ...). */
+bool tu_pid_descends(pid_t pid, pid_t ancestor);
 
 /* A TCP forwarder on 127.0.0.1 (a thread) to cut a dependency off and bring it back:
  * tu_proxy_start returns its port; tu_proxy_set(false) closes every connection and refuses
