@@ -191,6 +191,7 @@ int dsw_launch_warm_init(uv_loop_t *loop, const struct dsw_conf *c, const char *
     char why[8192];
     int rc = dsw_launch_env(c, &env);
     struct dsw_warm_opts wo = {.n = (unsigned)c->runs.warm,
+                               .limit = (unsigned)c->runs.max_concurrent, /* all slots free */
                                .python = c->runs.python,
                                .runner = c->runs.warm_runner,
                                .imports = c->runs.warm_imports,
@@ -206,6 +207,7 @@ int dsw_launch_warm_init(uv_loop_t *loop, const struct dsw_conf *c, const char *
         dsw_error("cannot start the warm runner pool: %s",
                   dsw_warm_strerror(rc, c->runs.python, c->runs.warm_runner, why, sizeof(why)));
     else
-        dsw_info("keeping %u warm runner(s) ready (%s)", wo.n, c->runs.python);
+        dsw_info("keeping %u warm runner(s) ready, at most one per free slot (%s)",
+                 DSW_MIN(wo.n, wo.limit), c->runs.python);
     return rc;
 }

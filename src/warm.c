@@ -40,6 +40,7 @@ struct dsw_warm {
     uv_loop_t *loop;
     uv_timer_t timer;
     unsigned n, nstarting, nready, live; /* live: runner structs not yet freed */
+    unsigned limit;                      /* dsw_warm_set_limit: free slots (UINT_MAX: none) */
     char **argv, **env, *cwd, *trampoline, *python;
     int direct;
     size_t line_max;
@@ -58,6 +59,12 @@ struct dsw_warm {
          &r->link != &(w)->runners; r = dsw_list_entry(r->link.next, struct runner, link))
 
 static void on_timer(uv_timer_t *t);
+
+/* How many runners to have starting or ready: n, but never more than the free slots. */
+static unsigned target(const struct dsw_warm *w)
+{
+    return DSW_MIN(w->n, w->limit);
+}
 
 static void set_gauge(struct dsw_warm *w)
 {
@@ -121,7 +128,7 @@ static void arm(struct dsw_warm *w)
         else if (r->state == R_READY && w->max_age_ms)
             next = DSW_MIN(next, r->started + w->max_age_ms);
     }
-    if (w->nstarting + w->nready < w->n)
+    if (w->nstarting + w->nready < target(w))
         next = DSW_MIN(next, w->retry_at);
     if (next == UINT64_MAX)
         uv_timer_stop(&w->timer);
@@ -229,7 +236,7 @@ static int spawn_one(struct dsw_warm *w)
 
 static void refill(struct dsw_warm *w)
 {
-    while (!w->closing && w->nstarting + w->nready < w->n && uv_now(w->loop) >= w->retry_at)
+    while (!w->closing && w->nstarting + w->nready < target(w) && uv_now(w->loop) >= w->retry_at)
         if (spawn_one(w) != 0)
             break;
 }
@@ -450,6 +457,7 @@ int dsw_warm_init(uv_loop_t *loop, const struct dsw_warm_opts *o, struct dsw_war
     }
     w->loop = loop;
     w->n = o->n;
+    w->limit = o->limit ? o->limit : UINT_MAX;
     w->env = strv_dup(o->env);
     w->cwd = dup_or_null(o->cwd);
     w->trampoline = dup_or_null(o->trampoline);
@@ -549,9 +557,23 @@ void dsw_warm_recycle(struct dsw_warm *w)
     arm(w);
 }
 
+void dsw_warm_set_limit(struct dsw_warm *w, unsigned limit)
+{
+    unsigned before = target(w);
+    w->limit = limit;
+    /* More wanted: refill on the next loop turn, as after a take. Fewer: nobody is retired. */
+    if (!w->closing && target(w) > before)
+        uv_timer_start(&w->timer, on_timer, 0, 0);
+}
+
 unsigned dsw_warm_ready(const struct dsw_warm *w)
 {
     return w->nready;
+}
+
+unsigned dsw_warm_starting(const struct dsw_warm *w)
+{
+    return w->nstarting;
 }
 
 size_t dsw_warm_ready_pids(const struct dsw_warm *w, int *pids, size_t max)

@@ -202,13 +202,15 @@ static bool gather_slots(struct worker *w, int free_slots)
 static void maybe_receive(struct worker *w)
 {
     const struct dsw_conf *conf = w->conf;
+    int free_slots = w->nslots - (w->pl.used - w->pl.finishing);
+    if (w->pl.warm) /* called whenever a slot is taken or given back */
+        dsw_warm_set_limit(w->pl.warm, (unsigned)DSW_MAX(free_slots, 0));
     if (!w->started || w->receiving || w->pl.draining || w->stopped || !w->db_up ||
         w->mode == DSW_WORKER_EXEC ||
         (uv_is_active((uv_handle_t *)&w->timers[T_RECEIVE]) && !w->gather_since))
         return;
     if (w->mode == DSW_WORKER_ONCE && w->received_once)
         return;
-    int free_slots = w->nslots - (w->pl.used - w->pl.finishing);
     if (free_slots <= 0 || gather_slots(w, free_slots))
         return;
     uv_timer_stop(&w->timers[T_RECEIVE]);

@@ -12,7 +12,8 @@
  * stdout line ending in DSW_WARM_READY_TOKEN means ready (stdout is already a captured pipe, and
  * the trampoline closes every descriptor above 2, so no extra fd is needed or would survive);
  * the request is the words after the program name of a cold child's command line ("api",
- * "execute_run"/"resume_run", the ExecuteRunArgs JSON), each NUL-terminated, then EOF.
+ * "execute_run"/"resume_run"/"execute_step", the Execute{Run,Step}Args JSON), each
+ * NUL-terminated, then EOF.
  *
  * Everything runs on the caller's loop thread; SIGPIPE must be ignored (main does). */
 #ifndef DSW_WARM_H
@@ -41,6 +42,7 @@ struct dsw_warm;
  * copied. */
 struct dsw_warm_opts {
     unsigned n;                /* ready runners to keep (runs.warm); 0: the pool stays empty */
+    unsigned limit;            /* the first dsw_warm_set_limit (the slots); 0: no limit yet */
     const char *python;        /* interpreter (runs.python); required when n > 0 */
     const char *runner;        /* the runner script; NULL: dsw_warm_runner_path() */
     const char *imports;       /* blank-separated modules; NULL: DSW_WARM_DEFAULT_IMPORTS */
@@ -73,8 +75,8 @@ int dsw_warm_init(uv_loop_t *loop, const struct dsw_warm_opts *opts, struct dsw_
 int dsw_warm_python_matches(const struct dsw_warm *pool, const char *executable_path);
 
 /* Hand a ready runner the request args (the words after the program name of a cold child's
- * argv: {"api", "execute_run" or "resume_run", <ExecuteRunArgs JSON>, NULL}; only read during
- * the call) and give it to the caller: *out is then a running dsw_proc supervised by hooks
+ * argv: {"api", "execute_run", "resume_run" or "execute_step", <the Args JSON>, NULL}; only read
+ * during the call) and give it to the caller: *out is then a running dsw_proc supervised by hooks
  * (dsw_proc_adopt: callbacks, timeout and grace from now, exit report counted from now) that the
  * caller owns and must dsw_proc_close, exactly like one from dsw_proc_spawn; the pool forgets it
  * and starts a replacement on the next loop turn. A runner found dead on the way is counted,
@@ -89,8 +91,15 @@ int dsw_warm_take(struct dsw_warm *pool, const char *const *args,
  * taken are not affected. Resets the failure backoff. */
 void dsw_warm_recycle(struct dsw_warm *pool);
 
-/* Runners ready to be taken now. */
+/* Keep at most limit runners starting or ready (the worker's free slots): a runner beyond them
+ * could not be taken before a slot frees, and starting it would spend CPU beside the runs that
+ * hold the slots. Lowering it retires nobody; raising it refills on the next loop turn. Until
+ * the first call there is no limit (opts->n runners). */
+void dsw_warm_set_limit(struct dsw_warm *pool, unsigned limit);
+
+/* Runners ready to be taken now, and runners still importing. */
 unsigned dsw_warm_ready(const struct dsw_warm *pool);
+unsigned dsw_warm_starting(const struct dsw_warm *pool);
 
 /* Copy the pids of up to max ready runners into pids (oldest first); returns how many. For
  * status output, tests and the bench (their RSS). */

@@ -127,6 +127,36 @@ static void test_warm_step(void **state)
     assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
 }
 
+static bool one_runner(void *arg)
+{
+    long pids[8];
+    return pids_with(arg, "dsw-warm-runner.py", pids, 8) == 1;
+}
+
+/* runs.warm is bounded by the free slots: one slot, so one runner at start, none started while
+ * the run holds the slot (the taken runner is the fake dagster now), one again once it ends. */
+static void test_warm_bounded_by_slots(void **state)
+{
+    tu_env_set(&env, "DSW_RUNS_WARM", "2");
+    tu_env_set(&env, "DSW_RUNS_MAX_CONCURRENT", "1");
+    struct tu_daemon *d = tu_daemon_start(&env, (const char *const[]){"run", NULL});
+    assert_true(tu_daemon_wait_ready(d, WAIT_MS));
+    assert_true(tu_wait(runner_ready, d, WAIT_MS));
+    long pids[8];
+    assert_int_equal(pids_with(d, "dsw-warm-runner.py", pids, 8), 1);
+    char id[37];
+    tu_run_new(id, "STARTING", "sleep:1");
+    tu_send_run(&q, id, NULL, 0);
+    /* STARTED is written by the child, well after the loop turn a refill would start on. */
+    assert_true(tu_wait_status(id, "STARTED", WAIT_MS));
+    assert_int_equal(pids_with(d, "dsw-warm-runner.py", pids, 8), 0);
+    assert_true(tu_wait_status(id, "SUCCESS", WAIT_MS));
+    assert_true(tu_wait(one_runner, d, WAIT_MS));
+    assert_true(tu_daemon_log_has(d, "execute_run, warm"));
+    tu_daemon_signal(d, SIGTERM);
+    assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
+}
+
 static void test_other_interpreter_goes_cold(void **state)
 {
     /* Another name of a real interpreter (the daemon refuses a missing one, 78): not the
@@ -148,6 +178,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_warm_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_warm_step, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_warm_bounded_by_slots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_other_interpreter_goes_cold, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

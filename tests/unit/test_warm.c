@@ -243,6 +243,37 @@ static void test_handover(void **state)
     ctx_finish(&c);
 }
 
+/* dsw_warm_set_limit: never more runners than the free slots. */
+static void test_limit(void **state)
+{
+    struct ctx c;
+    struct dsw_warm_opts o;
+    struct run r;
+    ctx_init(&c, &o, 2, "ok");
+    ctx_start(&c, &o);
+    assert_true(tu_run_until(&c.loop, ready_2, &c, 20000));
+    /* Lowering the limit retires nobody. */
+    dsw_warm_set_limit(c.w, 1);
+    assert_int_equal(dsw_warm_ready(c.w), 2);
+    /* A take is not refilled: one ready left, which is the limit. By the run's end a refill
+     * would have started (it is spawned on the loop turn after the take). */
+    take_and_wait(&c, &r, "{\"pipeline_run_id\": \"run-1\"}");
+    assert_int_equal(r.st.exit_code, 0);
+    dsw_buf_free(&r.out);
+    assert_int_equal(dsw_warm_ready(c.w), 1);
+    assert_int_equal(dsw_warm_starting(c.w), 0);
+    /* Nor at 0 slots free. */
+    dsw_warm_set_limit(c.w, 0);
+    take_and_wait(&c, &r, "{\"pipeline_run_id\": \"run-2\"}");
+    dsw_buf_free(&r.out);
+    assert_int_equal(dsw_warm_ready(c.w) + dsw_warm_starting(c.w), 0);
+    /* Slots free again: refilled up to n. */
+    dsw_warm_set_limit(c.w, 5);
+    assert_true(tu_run_until(&c.loop, ready_2, &c, 20000));
+    assert_true(failures() == 0);
+    ctx_finish(&c);
+}
+
 static void test_exit_codes(void **state)
 {
     static const struct {
@@ -707,6 +738,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN); /* as the daemon does */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_handover),
+        cmocka_unit_test(test_limit),
         cmocka_unit_test(test_exit_codes),
         cmocka_unit_test(test_killed_before_use),
         cmocka_unit_test(test_never_ready),
