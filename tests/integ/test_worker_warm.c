@@ -75,15 +75,30 @@ static bool runner_ready(void *arg)
     return tu_daemon_log_has(arg, " ready in ");
 }
 
-static void test_warm_run(void **state)
+/* A daemon with its one warm runner ready (that runner's pid in *runner). */
+static struct tu_daemon *start_with_runner(long *runner)
 {
     struct tu_daemon *d = tu_daemon_start(&env, (const char *const[]){"run", NULL});
     assert_true(tu_daemon_wait_ready(d, WAIT_MS));
     assert_true(tu_wait(runner_ready, d, WAIT_MS));
-    /* The ready runner exists before the message does. */
     long runners[8];
-    size_t nrunners = pids_with(d, "dsw-warm-runner.py", runners, 8);
-    assert_int_equal(nrunners, 1);
+    assert_int_equal(pids_with(d, "dsw-warm-runner.py", runners, 8), 1);
+    *runner = runners[0];
+    return d;
+}
+
+/* SIGTERM, and the drain ends with exit 0. */
+static void stop(struct tu_daemon *d)
+{
+    tu_daemon_signal(d, SIGTERM);
+    assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
+}
+
+static void test_warm_run(void **state)
+{
+    /* The ready runner exists before the message does. */
+    long runner;
+    struct tu_daemon *d = start_with_runner(&runner);
     char id[37];
     tu_run_new(id, "STARTING", "success");
     tu_send_run(&q, id, NULL, 0);
@@ -93,22 +108,18 @@ static void test_warm_run(void **state)
     const char *p[] = {id};
     assert_int_equal(
         tu_pg_ll("SELECT pid FROM dagster_sqs_worker_test.child_starts WHERE run_id = $1", 1, p),
-        runners[0]);
+        runner);
     assert_true(tu_wait_queue_empty(&q, WAIT_MS));
     assert_true(tu_daemon_log_has(d, "execute_run, warm"));
-    tu_daemon_signal(d, SIGTERM);
-    assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
+    stop(d);
 }
 
 /* A step (docs/steps.md §2) is handed to the ready runner as a run is: its execute_step child is
  * that process, and its claim records the exit. */
 static void test_warm_step(void **state)
 {
-    struct tu_daemon *d = tu_daemon_start(&env, (const char *const[]){"run", NULL});
-    assert_true(tu_daemon_wait_ready(d, WAIT_MS));
-    assert_true(tu_wait(runner_ready, d, WAIT_MS));
-    long runners[8];
-    assert_int_equal(pids_with(d, "dsw-warm-runner.py", runners, 8), 1);
+    long runner;
+    struct tu_daemon *d = start_with_runner(&runner);
     char id[37];
     tu_run_new(id, "STARTED", "success");
     tu_send_step(&q, id, "s1", 0, NULL, 0);
@@ -121,10 +132,9 @@ static void test_warm_step(void **state)
     assert_int_equal(tu_pg_ll("SELECT pid FROM dagster_sqs_worker_test.child_starts WHERE "
                               "run_id = $1 AND argv_kind = 'execute_step' AND step_key = 's1'",
                               1, p),
-                     runners[0]);
+                     runner);
     assert_true(tu_daemon_log_has(d, "execute_step, warm"));
-    tu_daemon_signal(d, SIGTERM);
-    assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
+    stop(d);
 }
 
 static bool one_runner(void *arg)
@@ -133,17 +143,15 @@ static bool one_runner(void *arg)
     return pids_with(arg, "dsw-warm-runner.py", pids, 8) == 1;
 }
 
-/* runs.warm is bounded by the free slots: one slot, so one runner at start, none started while
- * the run holds the slot (the taken runner is the fake dagster now), one again once it ends. */
+/* runs.warm is bounded by the free slots: one slot, so one runner at start (not 2), none
+ * started while the run holds the slot (the taken runner is the fake dagster now), one again
+ * once it ends. */
 static void test_warm_bounded_by_slots(void **state)
 {
     tu_env_set(&env, "DSW_RUNS_WARM", "2");
     tu_env_set(&env, "DSW_RUNS_MAX_CONCURRENT", "1");
-    struct tu_daemon *d = tu_daemon_start(&env, (const char *const[]){"run", NULL});
-    assert_true(tu_daemon_wait_ready(d, WAIT_MS));
-    assert_true(tu_wait(runner_ready, d, WAIT_MS));
-    long pids[8];
-    assert_int_equal(pids_with(d, "dsw-warm-runner.py", pids, 8), 1);
+    long runner, pids[8];
+    struct tu_daemon *d = start_with_runner(&runner);
     char id[37];
     tu_run_new(id, "STARTING", "sleep:1");
     tu_send_run(&q, id, NULL, 0);
@@ -153,8 +161,7 @@ static void test_warm_bounded_by_slots(void **state)
     assert_true(tu_wait_status(id, "SUCCESS", WAIT_MS));
     assert_true(tu_wait(one_runner, d, WAIT_MS));
     assert_true(tu_daemon_log_has(d, "execute_run, warm"));
-    tu_daemon_signal(d, SIGTERM);
-    assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
+    stop(d);
 }
 
 static void test_other_interpreter_goes_cold(void **state)
@@ -169,8 +176,7 @@ static void test_other_interpreter_goes_cold(void **state)
     tu_send_run(&q, id, NULL, 0);
     assert_true(tu_wait_status(id, "SUCCESS", WAIT_MS));
     assert_true(tu_daemon_log_has(d, "execute_run, cold"));
-    tu_daemon_signal(d, SIGTERM);
-    assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
+    stop(d);
 }
 
 int main(void)
