@@ -99,7 +99,8 @@ static void test_kill9_sweeper_leaves_run_for_resume(void **state)
     assert_int_equal(tu_daemon_wait(a, WAIT_MS), 128 + SIGKILL);
     assert_true(tu_wait_sql("SELECT outcome FROM dagster_sqs_worker.run_claims WHERE run_id = $1",
                             id, "lost", WAIT_MS));
-    assert_true(tu_daemon_log_has(b, "left STARTED for a resume"));
+    /* Logged once the sweep's statement has answered, after the commit seen above. */
+    assert_true(tu_daemon_wait_log(b, "left STARTED for a resume", WAIT_MS));
     assert_true(tu_wait_status(id, "SUCCESS", WAIT_MS));
     assert_true(tu_pg_ll("SELECT count(*) FROM event_logs WHERE run_id = $1 AND "
                          "dagster_event_type = 'PIPELINE_FAILURE'",

@@ -28,21 +28,9 @@ static void stop(struct tu_daemon *d)
     assert_int_equal(tu_daemon_wait(d, WAIT_MS), 0);
 }
 
-struct log_cond {
-    struct tu_daemon *d;
-    const char *needle;
-};
-
-static bool log_has(void *arg)
-{
-    const struct log_cond *c = arg;
-    return tu_daemon_log_has(c->d, c->needle);
-}
-
 static bool wait_log(struct tu_daemon *d, const char *needle)
 {
-    struct log_cond c = {d, needle};
-    return tu_wait(log_has, &c, WAIT_MS);
+    return tu_daemon_wait_log(d, needle, WAIT_MS);
 }
 
 /* A STARTED run with the behaviour, its step key's first attempt sent, a daemon started. */

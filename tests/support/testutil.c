@@ -767,6 +767,23 @@ bool tu_daemon_log_has(const struct tu_daemon *d, const char *needle)
     return has;
 }
 
+struct log_cond {
+    const struct tu_daemon *d;
+    const char *needle;
+};
+
+static bool log_cond_has(void *arg)
+{
+    const struct log_cond *c = arg;
+    return tu_daemon_log_has(c->d, c->needle);
+}
+
+bool tu_daemon_wait_log(const struct tu_daemon *d, const char *needle, uint64_t timeout_ms)
+{
+    struct log_cond c = {d, needle};
+    return tu_wait(log_cond_has, &c, timeout_ms);
+}
+
 long tu_daemon_rss_kb(const struct tu_daemon *d)
 {
     char path[64], line[256];

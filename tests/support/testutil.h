@@ -156,6 +156,9 @@ void tu_daemon_signal(struct tu_daemon *d, int sig);
 char *tu_daemon_log(const struct tu_daemon *d);
 /* Whether its log contains needle. */
 bool tu_daemon_log_has(const struct tu_daemon *d, const char *needle);
+/* Wait up to timeout_ms for needle in the daemon's log (a line written after what the test
+ * saw, e.g. after the commit it waited for). */
+bool tu_daemon_wait_log(const struct tu_daemon *d, const char *needle, uint64_t timeout_ms);
 /* Resident set size in KiB (0 when gone). */
 long tu_daemon_rss_kb(const struct tu_daemon *d);
 /* Print every registered daemon's log tail to stderr (after a failed wait). */
