@@ -573,7 +573,6 @@ static void on_released(int status, void *arg)
         dsw_warn("could not release a claim (%s); it will go stale", strerror(-status));
 }
 
-/* Not started (draining): give the claim and the message back at once. */
 /* Give the claim (token) back unused. */
 static void drop_claim(struct dsw_pipeline *p)
 {
@@ -584,6 +583,7 @@ static void drop_claim(struct dsw_pipeline *p)
     p->token = 0;
 }
 
+/* Not started (draining): give the claim and the message back at once. */
 static void give_back(struct dsw_pipeline *p)
 {
     drop_claim(p);
